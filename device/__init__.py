@@ -1,0 +1,1 @@
+"""Torch-free device runtime (edgekws.device). Nothing in this package may import torch."""

@@ -1,0 +1,1 @@
+"""Model export (edgekws.export): ONNX / TFLite graphs and bundles."""

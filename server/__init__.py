@@ -1,0 +1,1 @@
+"""Server side (edgekws.server): training, evaluation, distillation."""
