@@ -1,0 +1,430 @@
+"""Training and evaluation of the finite networks (CNN-4, ResNet-18, ...) on MFCC inputs.
+
+One trainer serves every case: full real data (waveforms, augmented on the fly, MFCC computed by the same numpy
+code as the device), a coreset (features + learned soft labels) and small labelled pools for active learning.
+
+Targets are either integer class labels ``(N,)`` or soft label vectors ``(N, C)`` (a coreset's learned labels).
+Loss "ce" is cross-entropy (soft targets must be probability rows), "mse" regresses the logits onto the
+targets (one-hot for integer labels), the recipe that matches kernel-ridge-regression labels.
+
+Long runs checkpoint every epoch (atomic write) and resume from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgekws.features import FeatureConfig, mfcc, normalize
+from edgekws.models import create_model, model_from_config
+
+__all__ = [
+    "AugmentConfig",
+    "TrainConfig",
+    "TrainResult",
+    "train_model",
+    "predict_logits",
+    "evaluate",
+    "save_checkpoint",
+    "load_checkpoint",
+    "synthetic_noise_bank",
+    "pick_device",
+]
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation. Waveform steps apply only when training on waveforms; SpecAugment applies to features."""
+
+    enabled: bool = True
+    time_shift_ms: float = 100.0
+    gain_db: float = 6.0
+    noise_prob: float = 0.8
+    snr_db: tuple[float, float] = (5.0, 30.0)
+    freq_masks: int = 2
+    freq_mask_width: int = 5
+    time_masks: int = 2
+    time_mask_width: int = 6
+
+
+@dataclass
+class TrainConfig:
+    model: str = "cnn4"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # "onecycle" | "cosine" | "constant"
+    loss: str = "ce"  # "ce" | "mse"
+    label_smoothing: float = 0.05
+    patience: int = 0  # early stop after this many epochs without val improvement (0: off)
+    min_steps_per_epoch: int = 0  # small sets (coresets) repeat data so an epoch has at least this many steps
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        aug = dict(d.pop("augment", None) or {})
+        if "snr_db" in aug:
+            aug["snr_db"] = tuple(aug["snr_db"])
+        return cls(augment=AugmentConfig(**aug), **d)
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_accuracy: float
+    seconds: float
+    stopped_early: bool = False
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA device is available")
+    return dev
+
+
+def synthetic_noise_bank(sample_rate: int = 16000, seconds: float = 10.0, seed: int = 0) -> list[np.ndarray]:
+    """White, pink and brown noise plus mains hum, each ``seconds`` long, unit RMS, float32."""
+    rng = np.random.default_rng(seed)
+    n = int(sample_rate * seconds)
+    white = rng.standard_normal(n)
+    spec = np.fft.rfft(rng.standard_normal(n))
+    f = np.maximum(np.fft.rfftfreq(n, 1.0 / sample_rate), 1.0)
+    pink = np.fft.irfft(spec / np.sqrt(f), n)
+    brown = np.fft.irfft(spec / f, n)
+    t = np.arange(n) / sample_rate
+    hum = sum(np.sin(2 * np.pi * 50 * k * t + rng.uniform(0, 6.28)) / k for k in (1, 2, 3, 5))
+    hum = hum + 0.05 * white
+    bank = []
+    for x in (white, pink, brown, hum):
+        x = x - x.mean()
+        bank.append((x / (np.sqrt(np.mean(x**2)) + 1e-12)).astype(np.float32))
+    return bank
+
+
+class _WaveAugmenter:
+    """Time shift, gain and background-noise mixing on a batch of waveforms (numpy, seeded)."""
+
+    def __init__(self, aug: AugmentConfig, sample_rate: int, noise: list[np.ndarray], rng: np.random.Generator):
+        self.aug, self.sr, self.rng = aug, sample_rate, rng
+        self.noise = [n.astype(np.float32) for n in noise if len(n) > 0]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        a, rng = self.aug, self.rng
+        b, n = x.shape
+        out = np.array(x, dtype=np.float32, copy=True)
+        max_shift = int(self.sr * a.time_shift_ms / 1000.0)
+        if max_shift > 0:
+            shifts = rng.integers(-max_shift, max_shift + 1, size=b)
+            for i, s in enumerate(shifts):
+                if s > 0:
+                    out[i, s:] = out[i, :-s].copy()
+                    out[i, :s] = 0.0
+                elif s < 0:
+                    out[i, :s] = out[i, -s:].copy()
+                    out[i, s:] = 0.0
+        if a.gain_db > 0:
+            out *= (10.0 ** (rng.uniform(-a.gain_db, a.gain_db, size=(b, 1)) / 20.0)).astype(np.float32)
+        if self.noise and a.noise_prob > 0:
+            rms = np.sqrt(np.mean(out**2, axis=1) + 1e-10)
+            for i in np.flatnonzero(rng.random(b) < a.noise_prob):
+                src = self.noise[int(rng.integers(len(self.noise)))]
+                if len(src) >= n:
+                    start = int(rng.integers(0, len(src) - n + 1))
+                    seg = src[start : start + n]
+                else:
+                    seg = np.resize(src, n)
+                seg_rms = float(np.sqrt(np.mean(seg**2)) + 1e-10)
+                snr = rng.uniform(*a.snr_db)
+                out[i] += seg * (rms[i] / seg_rms) * (10.0 ** (-snr / 20.0))
+        return out
+
+
+def _spec_augment(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Zero random coefficient bands and time spans of (B, H, W) features (in place on a copy)."""
+    if aug.freq_masks == 0 and aug.time_masks == 0:
+        return x
+    x = x.clone()
+    b, h, w = x.shape
+    for masks, width, size, dim in ((aug.freq_masks, aug.freq_mask_width, h, 1), (aug.time_masks, aug.time_mask_width, w, 2)):
+        if masks <= 0 or width <= 0:
+            continue
+        for _ in range(masks):
+            widths = torch.randint(0, width + 1, (b,), generator=gen)
+            starts = (torch.rand(b, generator=gen) * (size - widths).clamp(min=1)).long()
+            idx = torch.arange(size).unsqueeze(0)
+            m = (idx >= starts.unsqueeze(1)) & (idx < (starts + widths).unsqueeze(1))
+            if dim == 1:
+                x.masked_fill_(m.unsqueeze(2), 0.0)
+            else:
+                x.masked_fill_(m.unsqueeze(1), 0.0)
+    return x
+
+
+def _targets(y: np.ndarray, n_classes: int) -> tuple[np.ndarray, bool]:
+    y = np.asarray(y)
+    if y.ndim == 1:
+        if y.size and (y.min() < 0 or y.max() >= n_classes):
+            raise ValueError(f"labels must lie in 0..{n_classes - 1}")
+        return y.astype(np.int64), False
+    if y.ndim != 2 or y.shape[1] != n_classes:
+        raise ValueError(f"soft targets must be (N, {n_classes}), got {y.shape}")
+    return y.astype(np.float32), True
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor, soft: bool, cfg: TrainConfig) -> torch.Tensor:
+    if cfg.loss == "mse":
+        tgt = target if soft else F.one_hot(target, logits.shape[1]).float()
+        return F.mse_loss(logits, tgt, reduction="sum") / logits.shape[0]
+    if cfg.loss == "ce":
+        return F.cross_entropy(logits, target, label_smoothing=0.0 if soft else cfg.label_smoothing)
+    raise ValueError(f"unknown loss {cfg.loss!r}; use 'ce' or 'mse'")
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, feats: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Logits ``(N, C)`` of normalised features ``(N, H, W)``, eval mode."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    outs = []
+    for s in range(0, len(feats), batch_size):
+        xb = torch.from_numpy(np.ascontiguousarray(feats[s : s + batch_size], dtype=np.float32)).to(dev)
+        outs.append(model(xb).float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(outs) if outs else np.zeros((0, 0), dtype=np.float32)
+
+
+def evaluate(model: torch.nn.Module, feats: np.ndarray, labels: np.ndarray, n_classes: int | None = None) -> dict[str, Any]:
+    """Accuracy, macro-recall and the confusion matrix on normalised features with integer labels."""
+    logits = predict_logits(model, feats)
+    pred = logits.argmax(1)
+    labels = np.asarray(labels)
+    c = n_classes or logits.shape[1]
+    conf = np.zeros((c, c), dtype=np.int64)
+    np.add.at(conf, (labels, pred), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.diag(conf) / conf.sum(1)
+    return {
+        "accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
+        "macro_recall": float(np.nanmean(recall)) if len(labels) else float("nan"),
+        "n": int(len(labels)),
+        "confusion": conf.tolist(),
+    }
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, feature_cfg: FeatureConfig,
+                    class_names: list[str] | tuple[str, ...], metrics: dict[str, Any] | None = None,
+                    train_cfg: TrainConfig | None = None) -> None:
+    """A self-contained model file: architecture config, weights, FeatureConfig, class names, metrics."""
+    _atomic_torch_save(
+        {
+            "format": "edgekws-model",
+            "version": 1,
+            "model_config": model.config,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "feature_config": feature_cfg.to_dict(),
+            "class_names": list(class_names),
+            "metrics": metrics or {},
+            "train_config": train_cfg.to_dict() if train_cfg else None,
+        },
+        Path(path),
+    )
+
+
+def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn.Module, FeatureConfig, list[str], dict]:
+    """Rebuild a model saved by :func:`save_checkpoint`; returns (model in eval mode, FeatureConfig, classes, blob)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        blob = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # torch raises many types for damaged files
+        raise ValueError(f"{path}: not a readable edgekws checkpoint ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(blob, dict) or blob.get("format") != "edgekws-model":
+        raise ValueError(f"{path}: not an edgekws model checkpoint")
+    model = model_from_config(blob["model_config"])
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return model, FeatureConfig.from_dict(blob["feature_config"]), list(blob["class_names"]), blob
+
+
+def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15,
+                                                   div_factor=20.0, final_div_factor=200.0)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+
+def train_model(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray | None,
+    y_val: np.ndarray | None,
+    feature_cfg: FeatureConfig,
+    n_classes: int,
+    cfg: TrainConfig = TrainConfig(),
+    *,
+    inputs: str = "waveform",
+    noise: list[np.ndarray] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train ``cfg.model`` and return the weights of the best validation epoch.
+
+    Args:
+        x_train: waveforms ``(N, n_samples)`` when ``inputs == "waveform"`` (augmented, then MFCC'd per batch),
+            or normalised features ``(N, n_mfcc, T)`` when ``inputs == "features"``.
+        y_train: integer labels ``(N,)`` or soft targets ``(N, C)``.
+        x_val, y_val: normalised validation features ``(M, n_mfcc, T)`` and integer labels; None: no early stop
+            and the final weights are returned.
+        feature_cfg: fitted FeatureConfig (normalisation statistics included).
+        noise: background-noise recordings for mixing (default: :func:`synthetic_noise_bank`).
+        checkpoint_dir: write ``last.pt`` every epoch; with ``resume`` continue from it.
+        progress: receives ``{"event": "epoch", ...}`` dicts (and ``"step"`` within epochs).
+    """
+    if inputs not in ("waveform", "features"):
+        raise ValueError("inputs must be 'waveform' or 'features'")
+    if len(x_train) == 0:
+        raise ValueError("empty training set")
+    if len(x_train) != len(y_train):
+        raise ValueError(f"{len(x_train)} inputs but {len(y_train)} targets")
+    if inputs == "waveform" and not feature_cfg.is_fitted:
+        raise ValueError("FeatureConfig needs fitted normalisation statistics before training")
+    y_train, soft = _targets(y_train, n_classes)
+    if soft and cfg.loss == "ce" and (np.any(y_train < -1e-6) or not np.allclose(y_train.sum(1), 1.0, atol=1e-3)):
+        raise ValueError("cross-entropy on soft targets needs probability rows; use loss='mse' for regression labels")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    model = create_model(cfg.model, n_classes, feature_cfg.shape, **cfg.model_kwargs).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = len(x_train)
+    bs = min(cfg.batch_size, n)
+    steps = max(math.ceil(n / bs), cfg.min_steps_per_epoch)
+    sched = _make_scheduler(opt, cfg, steps)
+    aug = cfg.augment
+    wave_aug = _WaveAugmenter(aug, feature_cfg.sample_rate, noise if noise is not None else synthetic_noise_bank(feature_cfg.sample_rate), rng) if inputs == "waveform" else None
+
+    history: list[dict[str, float]] = []
+    best_state, best_acc, best_epoch, start_epoch, bad_epochs = None, -1.0, -1, 0, 0
+    ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    if resume and ckpt_path is not None and ckpt_path.is_file():
+        st = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        history, best_acc, best_epoch = st["history"], st["best_acc"], st["best_epoch"]
+        best_state, bad_epochs, start_epoch = st["best_state"], st["bad_epochs"], st["epoch"] + 1
+        rng.bit_generator.state = st["np_rng"]
+        gen.set_state(st["torch_gen"])
+        torch.set_rng_state(st["torch_rng"])
+
+    t0 = time.perf_counter()
+    stopped = False
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        order = np.concatenate([rng.permutation(n) for _ in range(math.ceil(steps * bs / n))])[: steps * bs]
+        total, count = 0.0, 0
+        for step in range(steps):
+            idx = np.sort(order[step * bs : (step + 1) * bs])
+            if inputs == "waveform":
+                w = np.asarray(x_train[idx], dtype=np.float32)
+                if aug.enabled:
+                    w = wave_aug(w)
+                xb = normalize(mfcc(w, feature_cfg, normalize_output=False), feature_cfg)
+            else:
+                xb = np.asarray(x_train[idx], dtype=np.float32)
+            xt = torch.from_numpy(np.ascontiguousarray(xb))
+            if aug.enabled:
+                xt = _spec_augment(xt, aug, gen)
+            yt = torch.from_numpy(y_train[idx])
+            logits = model(xt.to(device))
+            loss = _loss(logits, yt.to(device), soft, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+            if progress:
+                progress({"event": "step", "epoch": epoch, "step": step + 1, "steps": steps, "loss": float(loss.detach())})
+        rec: dict[str, float] = {"epoch": epoch, "train_loss": total / count, "lr": float(sched.get_last_lr()[0]),
+                                 "seconds": time.perf_counter() - t0}
+        if x_val is not None and y_val is not None and len(x_val):
+            ev = evaluate(model, x_val, y_val, n_classes)
+            rec["val_accuracy"] = ev["accuracy"]
+            if ev["accuracy"] > best_acc:
+                best_acc, best_epoch, bad_epochs = ev["accuracy"], epoch, 0
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            else:
+                bad_epochs += 1
+        history.append(rec)
+        if ckpt_path is not None:
+            _atomic_torch_save(
+                {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch,
+                 "history": history, "best_acc": best_acc, "best_epoch": best_epoch, "best_state": best_state,
+                 "bad_epochs": bad_epochs, "np_rng": rng.bit_generator.state, "torch_gen": gen.get_state(),
+                 "torch_rng": torch.get_rng_state(), "config": cfg.to_dict()},
+                ckpt_path,
+            )
+        if progress:
+            progress({"event": "epoch", "epochs": cfg.epochs, **rec})
+        if cfg.patience and bad_epochs >= cfg.patience:
+            stopped = True
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = len(history) - 1
+    model.eval()
+    return TrainResult(model, history, best_epoch, best_acc, time.perf_counter() - t0, stopped)

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+
+from edgekws.features import FeatureConfig, fit_normalization, mfcc
+from edgekws.server.train import AugmentConfig, TrainConfig, evaluate, load_checkpoint, save_checkpoint, train_model
+
+CFG = FeatureConfig(n_mfcc=13, n_mels=32, clip_seconds=0.5)
+
+
+def tone_set(n_per_class=24, classes=(300.0, 900.0, 2500.0), seed=0):
+    """Noisy tones at three pitches: an easy, real signal-processing task."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(CFG.clip_samples) / CFG.sample_rate
+    waves, labels = [], []
+    for c, f in enumerate(classes):
+        for _ in range(n_per_class):
+            y = 0.3 * np.sin(2 * np.pi * f * rng.uniform(0.97, 1.03) * t + rng.uniform(0, 6.28))
+            waves.append((y + 0.05 * rng.standard_normal(t.size)).astype(np.float32))
+            labels.append(c)
+    return np.stack(waves), np.asarray(labels)
+
+
+def _prepared():
+    w, y = tone_set()
+    cfg = fit_normalization(mfcc(w, CFG, normalize_output=False), CFG)
+    wv, yv = tone_set(8, seed=1)
+    return w, y, mfcc(wv, cfg), yv, cfg
+
+
+SMALL = dict(model="cnn4", model_kwargs={"widths": (16, 16, 16, 16)}, epochs=10, batch_size=16, lr=1e-2, threads=1)
+
+
+def test_train_on_waveforms_learns_and_checkpoint_round_trips(tmp_path):
+    w, y, xv, yv, cfg = _prepared()
+    res = train_model(w, y, xv, yv, cfg, 3, TrainConfig(**SMALL))
+    assert res.best_val_accuracy >= 0.9
+    assert len(res.history) == 10 and res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+    save_checkpoint(tmp_path / "m.pt", res.model, cfg, ("lo", "mid", "hi"), {"x": 1})
+    model, cfg2, classes, blob = load_checkpoint(tmp_path / "m.pt")
+    assert cfg2 == cfg and classes == ["lo", "mid", "hi"] and blob["metrics"] == {"x": 1}
+    assert evaluate(model, xv, yv)["accuracy"] == evaluate(res.model, xv, yv)["accuracy"]
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_soft_labels_with_mse_on_features():
+    w, y, xv, yv, cfg = _prepared()
+    x = mfcc(w, cfg)
+    soft = np.eye(3, dtype=np.float32)[y] * 0.8 + 0.1 - 1.0 / 3  # regression targets, negative entries allowed
+    cfg_t = TrainConfig(**{**SMALL, "loss": "mse", "min_steps_per_epoch": 10, "augment": AugmentConfig(enabled=False)})
+    res = train_model(x, soft, xv, yv, cfg, 3, cfg_t, inputs="features")
+    assert res.best_val_accuracy >= 0.9
+    with pytest.raises(ValueError, match="probability rows"):
+        train_model(x, soft, xv, yv, cfg, 3, TrainConfig(**SMALL), inputs="features")
+    with pytest.raises(ValueError, match=r"soft targets must be \(N, 3\)"):
+        train_model(x, soft[:, :2], xv, yv, cfg, 3, cfg_t, inputs="features")
+
+
+def test_resume_continues_where_it_stopped(tmp_path):
+    w, y, xv, yv, cfg = _prepared()
+    full = train_model(w, y, xv, yv, cfg, 3, TrainConfig(**{**SMALL, "epochs": 4}), checkpoint_dir=tmp_path / "a")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(ev):
+        if ev["event"] == "epoch" and ev["epoch"] == 1:  # after epoch 1 is checkpointed
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_model(w, y, xv, yv, cfg, 3, TrainConfig(**{**SMALL, "epochs": 4}), checkpoint_dir=tmp_path / "b",
+                    progress=stop_after_two)
+    resumed = train_model(w, y, xv, yv, cfg, 3, TrainConfig(**{**SMALL, "epochs": 4}), checkpoint_dir=tmp_path / "b",
+                          resume=True)
+    assert len(resumed.history) == 4
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in full.history], rel=1e-4)
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_training_input_is_refused():
+    w, y, xv, yv, cfg = _prepared()
+    with pytest.raises(ValueError, match="labels must lie"):
+        train_model(w, y + 5, xv, yv, cfg, 3, TrainConfig(**SMALL))
+    with pytest.raises(ValueError, match="empty"):
+        train_model(w[:0], y[:0], xv, yv, cfg, 3, TrainConfig(**SMALL))
+    with pytest.raises(ValueError, match="normalisation"):
+        train_model(w, y, xv, yv, CFG, 3, TrainConfig(**SMALL))
