@@ -31,3 +31,17 @@ def write_wav(path: Path, y: np.ndarray, sr: int = 16000) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), y, sr, subtype="PCM_16")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests run under pytest-xdist workers side by side: one intra-op thread each avoids oversubscription."""
+    try:
+        import torch
+    except ImportError:  # device-side environments have no torch
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

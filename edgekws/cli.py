@@ -1,0 +1,235 @@
+"""The ``edgekws`` command line: thin shells over library functions, with rich progress bars."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distil audio datasets into tiny coresets and train keyword spotters for the edge.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthesise the default keywords, inspect splits.")
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+def _keywords(text: Optional[str]) -> Optional[tuple[str, ...]]:
+    if text is None:
+        return None
+    words = tuple(w.strip() for w in text.split(",") if w.strip())
+    if not words:
+        _fail("--keywords is empty")
+    return words
+
+
+@contextmanager
+def _progress() -> Iterator[Any]:
+    """A rich progress display and a callback that understands the library's progress events."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as prog:
+        tasks: dict[str, int] = {}
+
+        def task(name: str, total: int) -> int:
+            if name not in tasks:
+                tasks[name] = prog.add_task(name, total=total, info="")
+            return tasks[name]
+
+        def on_event(ev: dict[str, Any]) -> None:
+            kind = ev.get("event")
+            if kind in ("decode", "mfcc", "synthesise"):
+                prog.update(task(kind, ev["total"]), completed=ev["done"], total=ev["total"])
+            elif kind == "epoch":
+                info = f"loss {ev['train_loss']:.3f}"
+                if "val_accuracy" in ev:
+                    info += f"  val {100 * ev['val_accuracy']:.1f}%"
+                prog.update(task("train", ev["epochs"]), completed=ev["epoch"] + 1, info=info)
+            elif kind == "step":
+                pass
+
+        yield on_event
+
+
+def _load_dataset(dataset: str, data_dir: Optional[Path], keywords: Optional[tuple[str, ...]], per_class: int,
+                  seed: int, on_event: Any) -> Any:
+    from edgekws.datasets import load_dataset
+
+    kwargs: dict[str, Any] = {}
+    if dataset == "synthetic":
+        kwargs = {"per_class": per_class, "seed": seed,
+                  "progress": lambda d, t: on_event({"event": "synthesise", "done": d, "total": t})}
+    try:
+        return load_dataset(dataset, data_dir, keywords=keywords, **kwargs)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def _print_metrics(m: dict[str, Any]) -> None:
+    t = Table(title=f"{m['model']} on {m['dataset']}")
+    t.add_column("split")
+    t.add_column("accuracy", justify="right")
+    t.add_row("validation (best epoch)", f"{100 * m['val_accuracy']:.2f}%")
+    if m.get("test"):
+        t.add_row(f"test ({m['test']['n']} clips)", f"{100 * m['test']['accuracy']:.2f}%")
+    for k, v in m.items():
+        if k.startswith("test_") and isinstance(v, dict):
+            t.add_row(f"{k[5:]} ({v['n']} clips)", f"{100 * v['accuracy']:.2f}%")
+    console.print(t)
+
+
+@app.command()
+def train(
+    dataset: str = typer.Option("synthetic", help="synthetic | gsc | us8k | esc50"),
+    data_dir: Optional[Path] = typer.Option(None, help="dataset folder (real datasets)"),
+    model: str = typer.Option("cnn4", help="model name (see `edgekws models`)"),
+    keywords: Optional[str] = typer.Option(None, help="comma-separated keywords (speech datasets)"),
+    per_class: int = typer.Option(300, help="synthetic clips per keyword"),
+    epochs: int = typer.Option(60, min=1),
+    batch_size: int = typer.Option(64, min=1),
+    lr: float = typer.Option(3e-3, min=0.0),
+    loss: str = typer.Option("ce", help="ce | mse"),
+    patience: int = typer.Option(0, min=0, help="early-stop patience in epochs (0: run all epochs, keep best)"),
+    test_fold: Optional[str] = typer.Option(None, help="test fold for cross-validated datasets"),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    out: Path = typer.Option(Path("runs/train"), help="output folder"),
+    resume: bool = typer.Option(False, help="continue from out/checkpoints/last.pt"),
+) -> None:
+    """Train a model on a dataset's train split; writes model.pt, metrics.json and curves.png."""
+    from edgekws.features import FeatureConfig
+    from edgekws.server.pipeline import train_on_dataset
+    from edgekws.server.train import TrainConfig
+
+    cfg = TrainConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, patience=patience,
+                      seed=seed, device=device)
+    with _progress() as on_event:
+        ds = _load_dataset(dataset, data_dir, _keywords(keywords), per_class, seed, on_event)
+        try:
+            metrics = train_on_dataset(ds, FeatureConfig(clip_seconds=ds.clip_seconds), cfg, out, test_fold=test_fold,
+                                       resume=resume, progress=on_event)
+        except ValueError as exc:
+            _fail(str(exc))
+    _print_metrics(metrics)
+    console.print(f"wrote {out}/model.pt, metrics.json, curves.png")
+
+
+@app.command()
+def distill(
+    target: str = typer.Option("rpi", help="rpi | phone | mcu: picks the model and feature profile"),
+    dataset: str = typer.Option("synthetic", help="synthetic (embedded default) | gsc | us8k | esc50"),
+    data_dir: Optional[Path] = typer.Option(None, help="dataset folder (real datasets)"),
+    keywords: Optional[str] = typer.Option(None, help='custom keywords, e.g. "lights on,lights off"'),
+    per_class: int = typer.Option(50, min=1, help="coreset samples per class"),
+    synthetic_per_class: int = typer.Option(300, min=4, help="synthetic clips generated per keyword"),
+    epochs: int = typer.Option(40, min=1),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default runs/<target>)"),
+    resume: bool = typer.Option(False),
+) -> None:
+    """Build the model for a device target from a dataset (the embedded synthetic keywords by default)."""
+    from edgekws.server.pipeline import train_on_dataset
+    from edgekws.server.train import TrainConfig
+    from edgekws.targets import get_target
+
+    try:
+        tgt = get_target(target)
+    except ValueError as exc:
+        _fail(str(exc))
+    out = out or Path("runs") / target
+    t0 = time.perf_counter()
+    cfg = TrainConfig(model=tgt.model, model_kwargs=dict(tgt.model_kwargs), epochs=epochs, seed=seed, device=device)
+    with _progress() as on_event:
+        ds = _load_dataset(dataset, data_dir, _keywords(keywords), synthetic_per_class, seed, on_event)
+        try:
+            metrics = train_on_dataset(ds, tgt.features.replace(clip_seconds=ds.clip_seconds), cfg, out,
+                                       resume=resume, progress=on_event)
+        except ValueError as exc:
+            _fail(str(exc))
+    _print_metrics(metrics)
+    console.print(f"target {tgt.name}: {tgt.model}; wrote {out} in {time.perf_counter() - t0:.0f} s")
+
+
+@app.command()
+def models(
+    n_classes: int = typer.Option(10), n_mfcc: int = typer.Option(40), frames: int = typer.Option(48)
+) -> None:
+    """Parameter counts, MACs and sizes of the registered models for an input shape."""
+    from edgekws.models import MODELS
+    from edgekws.models.profile import model_summary
+
+    t = Table(title=f"models for {n_mfcc}x{frames} MFCC, {n_classes} classes")
+    for col in ("model", "params", "MACs", "fp32 KB", "int8 KB"):
+        t.add_column(col, justify="right")
+    for name in MODELS:
+        s = model_summary(name, n_classes, (n_mfcc, frames))
+        t.add_row(name, f"{s['params']:,}", f"{s['macs']:,}", f"{s['fp32_kb']:.0f}", f"{s['int8_kb']:.0f}")
+    console.print(t)
+
+
+@data_app.command("synth")
+def data_synth(
+    keywords: Optional[str] = typer.Option(None, help="comma-separated keywords (default: the 10 paper keywords)"),
+    per_class: int = typer.Option(300, min=4),
+    seed: int = typer.Option(0),
+) -> None:
+    """Synthesise (and cache) the spoken-keyword dataset; prints its size and voice variety."""
+    from edgekws.datasets.synthetic import PAPER_KEYWORDS, describe_variants, synthetic_keywords
+
+    t0 = time.perf_counter()
+    with _progress() as on_event:
+        ds = synthetic_keywords(_keywords(keywords) or PAPER_KEYWORDS, per_class=per_class, seed=seed,
+                                progress=lambda d, t: on_event({"event": "synthesise", "done": d, "total": t}))
+    info = {"clips": len(ds), "classes": list(ds.class_names), "voices": len(set(ds.groups.tolist())),
+            "variants": describe_variants(), "seconds": round(time.perf_counter() - t0, 2),
+            "fingerprint": ds.fingerprint()}
+    typer.echo(json.dumps(info, indent=2, default=str))
+
+
+@data_app.command("info")
+def data_info(
+    dataset: str = typer.Option(..., help="synthetic | gsc | us8k | esc50"),
+    data_dir: Optional[Path] = typer.Option(None),
+    keywords: Optional[str] = typer.Option(None),
+    per_class: int = typer.Option(300),
+    seed: int = typer.Option(0),
+) -> None:
+    """Classes, clip counts per fold and groups of a dataset."""
+    import numpy as np
+
+    with _progress() as on_event:
+        ds = _load_dataset(dataset, data_dir, _keywords(keywords), per_class, seed, on_event)
+    folds = sorted(set(ds.folds.tolist()))
+    t = Table(title=f"{ds.name}: {len(ds)} clips, {len(set(ds.groups.tolist()))} groups, {ds.sample_rate} Hz, {ds.clip_seconds} s")
+    t.add_column("class")
+    for f in folds:
+        t.add_column(f, justify="right")
+    for c, name in enumerate(ds.class_names):
+        t.add_row(name, *[str(int(np.sum((ds.labels == c) & (ds.folds == f)))) for f in folds])
+    console.print(t)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,65 @@
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from edgekws.cli import app
+from test_datasets import make_gsc
+
+runner = CliRunner()
+
+
+def test_train_command_writes_artefacts(tmp_path):
+    root = make_gsc(tmp_path / "gsc", words=("yes", "no", "up"), speakers=30, per_speaker=1)
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--dataset", "gsc", "--data-dir", str(root), "--keywords", "yes,no,up",
+                              "--model", "dscnn", "--epochs", "2", "--batch-size", "16", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["class_names"] == ["yes", "no", "up"]
+    assert metrics["epochs_run"] == 2 and 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert metrics["split"]["train"] + metrics["split"]["val"] + metrics["split"]["test"] == 90
+    assert (out / "model.pt").stat().st_size > 0 and (out / "curves.png").stat().st_size > 1000
+    # resuming a finished run trains nothing more and reproduces the metrics
+    res2 = runner.invoke(app, ["train", "--dataset", "gsc", "--data-dir", str(root), "--keywords", "yes,no,up",
+                               "--model", "dscnn", "--epochs", "2", "--batch-size", "16", "--out", str(out), "--resume"])
+    assert res2.exit_code == 0, res2.output
+    assert json.loads((out / "metrics.json").read_text())["test"] == metrics["test"]
+
+
+def test_clear_errors_for_bad_arguments(tmp_path):
+    res = runner.invoke(app, ["train", "--dataset", "gsc"])
+    assert res.exit_code == 2 and "--data-dir" in res.output
+    res = runner.invoke(app, ["train", "--dataset", "gsc", "--data-dir", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "not found" in res.output
+    res = runner.invoke(app, ["distill", "--target", "toaster"])
+    assert res.exit_code == 2 and "unknown target" in res.output
+
+
+def test_models_and_data_info(tmp_path):
+    res = runner.invoke(app, ["models", "--n-mfcc", "10"])
+    assert res.exit_code == 0 and "dscnn" in res.output and "resnet18" in res.output
+    root = make_gsc(tmp_path / "gsc", words=("yes", "no"), speakers=20, per_speaker=1)
+    res = runner.invoke(app, ["data", "info", "--dataset", "gsc", "--data-dir", str(root), "--keywords", "yes,no"])
+    assert res.exit_code == 0 and "40 clips" in res.output
+
+
+def test_device_side_imports_without_torch():
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import edgekws.device, edgekws.features, edgekws.audio, edgekws.targets\n"
+        "import numpy as np\n"
+        "from edgekws.features import FeatureConfig, StreamingMFCC\n"
+        "s = StreamingMFCC(FeatureConfig())\n"
+        "assert s.push(np.zeros(16000, dtype=np.float32)).shape == (40, 48)\n"
+        "assert 'torch' not in sys.modules and 'librosa' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
