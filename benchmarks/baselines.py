@@ -39,6 +39,14 @@ def _real_eval_set(gsc_dir: Path, class_names: tuple[str, ...], cfg: FeatureConf
     return normalize(raw[idx], cfg), ds.labels[idx]
 
 
+def _epoch_printer(tag: str):
+    def show(ev: dict[str, Any]) -> None:
+        if ev.get("event") == "epoch":
+            print(f"{tag} epoch {ev['epoch'] + 1}/{ev['epochs']} loss {ev['train_loss']:.3f} "
+                  f"val {100 * ev.get('val_accuracy', float('nan')):.1f}% ({ev['seconds']:.0f} s)", flush=True)
+    return show
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gsc", type=Path, help="Speech Commands folder (real data)")
@@ -50,6 +58,7 @@ def main() -> None:
     ap.add_argument("--normalization", default="global")
     ap.add_argument("--runs", type=Path, default=Path("runs/baselines"))
     ap.add_argument("--name", default="baselines")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args()
 
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -71,8 +80,9 @@ def main() -> None:
                     m = json.loads(mfile.read_text())
                 else:
                     t0 = time.perf_counter()
-                    tc = TrainConfig(model=model, epochs=args.epochs, seed=seed)
-                    m = train_on_dataset(ds, cfg, tc, out, prepared=prep, extra_tests=extra, resume=True)
+                    tc = TrainConfig(model=model, epochs=args.epochs, seed=seed, threads=args.threads)
+                    m = train_on_dataset(ds, cfg, tc, out, prepared=prep, extra_tests=extra, resume=True,
+                                         progress=_epoch_printer(f"{dname} {model} s{seed}"))
                     print(f"{dname} {model} seed {seed}: test {100 * m['test']['accuracy']:.2f}% "
                           f"({time.perf_counter() - t0:.0f} s)", flush=True)
                 cases.append({"dataset": dname, "model": model, "seed": seed, "test": m["test"]["accuracy"],

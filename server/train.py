@@ -369,7 +369,7 @@ def train_model(
         gen.set_state(st["torch_gen"])
         torch.set_rng_state(st["torch_rng"])
 
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)  # elapsed time survives a resume
     stopped = False
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
