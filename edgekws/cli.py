@@ -62,8 +62,13 @@ def _progress() -> Iterator[Any]:
                 if "val_accuracy" in ev:
                     info += f"  val {100 * ev['val_accuracy']:.1f}%"
                 prog.update(task("train", ev["epochs"]), completed=ev["epoch"] + 1, info=info)
-            elif kind == "step":
-                pass
+            elif kind == "rfad_features":
+                prog.update(task("random features", ev["total"]), completed=ev["done"], total=ev["total"])
+            elif kind == "distill":
+                info = f"loss {ev['loss']:.4f}"
+                if ev.get("best_val_accuracy") is not None:
+                    info += f"  KRR val {100 * ev['best_val_accuracy']:.1f}%"
+                prog.update(task("distil", ev["steps"]), completed=ev["step"], total=ev["steps"], info=info)
 
         yield on_event
 
@@ -138,34 +143,49 @@ def distill(
     data_dir: Optional[Path] = typer.Option(None, help="dataset folder (real datasets)"),
     keywords: Optional[str] = typer.Option(None, help='custom keywords, e.g. "lights on,lights off"'),
     per_class: int = typer.Option(50, min=1, help="coreset samples per class"),
+    steps: int = typer.Option(60, min=0, help="distillation steps (upper bound; early stopping may end sooner)"),
+    n_models: int = typer.Option(4, min=1, help="random nets per step"),
+    pool_size: int = typer.Option(12, min=1, help="random nets whose real-side features are computed once"),
+    width: int = typer.Option(64, min=1, help="channels of the random ConvNets"),
+    lr: float = typer.Option(3e-2, min=0.0, help="Adam learning rate of the coreset (inputs have unit std)"),
     synthetic_per_class: int = typer.Option(300, min=4, help="synthetic clips generated per keyword"),
-    epochs: int = typer.Option(40, min=1),
+    epochs: int = typer.Option(30, min=1, help="epochs of the target model on the coreset"),
+    test_fold: Optional[str] = typer.Option(None, help="test fold for cross-validated datasets"),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     out: Optional[Path] = typer.Option(None, help="output folder (default runs/<target>)"),
-    resume: bool = typer.Option(False),
+    resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
 ) -> None:
-    """Build the model for a device target from a dataset (the embedded synthetic keywords by default)."""
-    from edgekws.server.pipeline import train_on_dataset
-    from edgekws.server.train import TrainConfig
+    """Distil a dataset (the embedded synthetic keywords by default) into a coreset and train the target's model on it."""
+    from edgekws.server.pipeline import distill_job
+    from edgekws.server.rfad import RFADConfig
+    from edgekws.server.train import AugmentConfig, TrainConfig
     from edgekws.targets import get_target
 
     try:
         tgt = get_target(target)
+        rcfg = RFADConfig(per_class=per_class, steps=steps, n_models=n_models, pool_size=max(pool_size, n_models),
+                          width=width, lr=lr, label_lr=lr, seed=seed, device=device, patience=4)
     except ValueError as exc:
         _fail(str(exc))
     out = out or Path("runs") / target
     t0 = time.perf_counter()
-    cfg = TrainConfig(model=tgt.model, model_kwargs=dict(tgt.model_kwargs), epochs=epochs, seed=seed, device=device)
+    tcfg = TrainConfig(model=tgt.model, model_kwargs=dict(tgt.model_kwargs), epochs=epochs, loss="mse",
+                       min_steps_per_epoch=12, seed=seed, device=device,
+                       augment=AugmentConfig(time_shift_ms=0.0, gain_db=0.0, noise_prob=0.0))
     with _progress() as on_event:
         ds = _load_dataset(dataset, data_dir, _keywords(keywords), synthetic_per_class, seed, on_event)
         try:
-            metrics = train_on_dataset(ds, tgt.features.replace(clip_seconds=ds.clip_seconds), cfg, out,
-                                       resume=resume, progress=on_event)
+            metrics = distill_job(ds, tgt.features.replace(clip_seconds=ds.clip_seconds), rcfg, tcfg, out,
+                                  test_fold=test_fold, resume=resume, progress=on_event)
         except ValueError as exc:
             _fail(str(exc))
     _print_metrics(metrics)
-    console.print(f"target {tgt.name}: {tgt.model}; wrote {out} in {time.perf_counter() - t0:.0f} s")
+    c = metrics["coreset"]
+    console.print(f"coreset: {c['size']} samples ({c['per_class']}/class), KRR val accuracy "
+                  f"{100 * (c['krr_val_accuracy_init'] or 0):.1f}% -> {100 * (c['krr_val_accuracy'] or 0):.1f}%")
+    console.print(f"target {tgt.name}: {tgt.model}; wrote {out}/coreset.npz, model.pt, metrics.json in "
+                  f"{time.perf_counter() - t0:.0f} s")
 
 
 @app.command()

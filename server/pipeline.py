@@ -8,7 +8,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -18,7 +18,10 @@ from edgekws.features import FeatureConfig
 from edgekws.server.data import Prepared, prepare
 from edgekws.server.train import TrainConfig, evaluate, save_checkpoint, train_model
 
-__all__ = ["train_on_dataset", "write_json", "run_environment"]
+if TYPE_CHECKING:
+    from edgekws.server.rfad import RFADConfig
+
+__all__ = ["train_on_dataset", "distill_job", "write_json", "run_environment"]
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -130,4 +133,71 @@ def train_on_dataset(
 
     plot_training_curves(result.history, out / "curves.png", title=f"{train_cfg.model} on {ds.name}")
     write_json(out / "history.json", result.history)
+    return metrics
+
+
+def distill_job(
+    ds: Dataset,
+    feature_cfg: FeatureConfig,
+    rfad_cfg: "RFADConfig",
+    train_cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    test_fold: str | None = None,
+    resume: bool = False,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Distil the dataset's train split into a coreset, then train ``train_cfg.model`` on the coreset alone.
+
+    Writes ``coreset.npz`` (the artefact), ``model.pt``, ``metrics.json``, ``curves.png`` (finite-net training)
+    into ``out_dir``; ``out_dir/checkpoints/rfad.pt`` makes the distillation resumable.
+    """
+    from edgekws.server.rfad import distill
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    p = prepare(
+        ds, feature_cfg, test_fold=test_fold,
+        progress=(lambda stage, d, t: progress({"event": stage, "done": d, "total": t})) if progress else None,
+    )
+    _, xtr, ytr = p.subset("train")
+    _, xv, yv = p.subset("val")
+    _, xt, yt = p.subset("test")
+    coreset = distill(
+        xtr, ytr, xv, yv, p.class_names, p.feature_cfg, rfad_cfg, source_fingerprint=ds.fingerprint(),
+        checkpoint_path=out / "checkpoints" / "rfad.pt", resume=resume, progress=progress,
+    )
+    coreset.save(out / "coreset.npz")
+    t_distill = time.perf_counter() - t0
+    result = train_model(
+        coreset.x, coreset.y, xv if len(xv) else None, yv if len(yv) else None, p.feature_cfg, p.n_classes,
+        train_cfg, inputs="features", checkpoint_dir=out / "checkpoints" / "train", resume=resume, progress=progress,
+    )
+    metrics: dict[str, Any] = {
+        "dataset": ds.name,
+        "fingerprint": ds.fingerprint(),
+        "split": {**p.split.sizes(), "how": getattr(ds, "meta", {}).get("split", "")},
+        "class_names": list(p.class_names),
+        "model": train_cfg.model,
+        "coreset": {"per_class": rfad_cfg.per_class, "size": int(len(coreset.x)),
+                    "krr_val_accuracy_init": coreset.metrics.get("init_val_accuracy"),
+                    "krr_val_accuracy": coreset.metrics.get("val_accuracy"),
+                    "steps": coreset.metrics.get("steps"),
+                    "seconds_per_step": coreset.metrics.get("seconds_per_step")},
+        "best_epoch": result.best_epoch,
+        "val_accuracy": result.best_val_accuracy,
+        "test": evaluate(result.model, xt, yt, p.n_classes) if len(xt) else None,
+        "distill_seconds": t_distill,
+        "train_seconds": result.seconds,
+        "total_seconds": time.perf_counter() - t0,
+        "rfad_config": rfad_cfg.to_dict(),
+        "train_config": train_cfg.to_dict(),
+        "environment": run_environment(),
+    }
+    save_checkpoint(out / "model.pt", result.model, p.feature_cfg, p.class_names, metrics, train_cfg)
+    write_json(out / "metrics.json", metrics)
+    from edgekws.plots import plot_training_curves
+
+    plot_training_curves(result.history, out / "curves.png", title=f"{train_cfg.model} on a {ds.name} coreset")
     return metrics
