@@ -63,3 +63,24 @@ def test_device_side_imports_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_distill_on_custom_synthetic_keywords(tmp_path):
+    from edgekws.server.rfad import Coreset
+    from edgekws.server.train import load_checkpoint
+
+    out = tmp_path / "rpi"
+    args = ["distill", "--target", "rpi", "--keywords", "lights on,lights off,stop", "--synthetic-per-class", "16",
+            "--per-class", "3", "--steps", "4", "--n-models", "1", "--pool-size", "2", "--width", "8",
+            "--epochs", "2", "--out", str(out)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    core = Coreset.load(out / "coreset.npz")
+    assert core.class_names == ("lights on", "lights off", "stop")
+    assert core.x.shape == (9, 40, 48) and core.y.shape == (9, 3)
+    assert core.source_fingerprint and core.feature_config.is_fitted
+    model, fcfg, classes, blob = load_checkpoint(out / "model.pt")
+    assert classes == ["lights on", "lights off", "stop"] and fcfg == core.feature_config
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["coreset"]["size"] == 9 and metrics["model"] == "cnn4"
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
