@@ -35,12 +35,13 @@ from __future__ import annotations
 import io
 import math
 import os
-import secrets
 import struct
 from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
+
+from edgekws.fileio import atomic_open
 import soxr
 
 __all__ = [
@@ -441,21 +442,10 @@ def save_wav(path: str | os.PathLike, y: np.ndarray, sample_rate: int) -> None:
         )
     pcm = np.clip(np.rint(y.astype(np.float64) * 32768.0), -32768, 32767).astype(np.int16)
     frames = pcm if pcm.ndim == 1 else np.ascontiguousarray(pcm.T)
-    directory, base = os.path.split(os.path.abspath(name))
-    tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "w+b") as fh:
-            sf.write(fh, frames, int(rate), format="WAV", subtype="PCM_16")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, name)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    if not os.path.isdir(os.path.dirname(os.path.abspath(name))):
+        raise FileNotFoundError(f"{name}: the destination folder does not exist")
+    with atomic_open(name, "w+b") as fh:
+        sf.write(fh, frames, int(rate), format="WAV", subtype="PCM_16")
 
 
 def _check_target(sample_rate: int, clip_seconds: float | None, offset: str) -> None:

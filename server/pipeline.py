@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -15,6 +13,7 @@ import torch
 
 from edgekws.datasets import Dataset
 from edgekws.features import FeatureConfig
+from edgekws.fileio import atomic_write_json as write_json
 from edgekws.server.data import Prepared, prepare
 from edgekws.server.train import TrainConfig, evaluate, save_checkpoint, train_model
 
@@ -22,35 +21,6 @@ if TYPE_CHECKING:
     from edgekws.server.rfad import RFADConfig
 
 __all__ = ["train_on_dataset", "distill_job", "write_json", "run_environment"]
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 def run_environment() -> dict[str, Any]:

@@ -30,7 +30,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from edgekws.features import FeatureConfig
+from edgekws.fileio import atomic_write_bytes, json_default
+from edgekws.server.runtime import pick_device
 
 __all__ = [
     "RFADConfig",
@@ -476,10 +477,10 @@ class Coreset:
         """Write one ``.npz`` (arrays ``x``, ``y``, ``init_labels`` and a JSON ``meta`` string) atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = json.dumps(self._meta(), sort_keys=True, default=_json_default)
+        meta = json.dumps(self._meta(), sort_keys=True, default=json_default)
         buf = io.BytesIO()
         np.savez(buf, x=self.x, y=self.y, init_labels=self.init_labels, meta=np.array(meta))
-        _atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue())
         return path
 
     @classmethod
@@ -523,40 +524,7 @@ class Coreset:
             raise ValueError(f"{path}: invalid coreset content ({exc.__class__.__name__}: {exc})") from None
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # Distillation ----------------------------------------------------------------------------------------------
-
-
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda asked for, but no CUDA device is available")
-    return dev
 
 
 def _data_fingerprint(*arrays: np.ndarray) -> str:
@@ -584,7 +552,7 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(state, buf)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _load_checkpoint(path: Path, cfg: RFADConfig, fingerprint: str) -> dict[str, Any]:
@@ -714,7 +682,7 @@ def distill(
     _validate_inputs(x_train, y_train, x_val, y_val, class_names, feature_config)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _pick_device(cfg.device)
+    device = pick_device(cfg.device)
     n_classes = len(class_names)
     t_start = time.perf_counter()
     fingerprint = _data_fingerprint(x_train, y_train, x_val, y_val, np.array(class_names))

@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 from edgekws.features import FeatureConfig, mfcc, normalize
 from edgekws.models import create_model, model_from_config
+from edgekws.server.runtime import atomic_torch_save, pick_device
 
 __all__ = [
     "AugmentConfig",
@@ -98,15 +98,6 @@ class TrainResult:
     best_val_accuracy: float
     seconds: float
     stopped_early: bool = False
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but no CUDA device is available")
-    return dev
 
 
 def synthetic_noise_bank(sample_rate: int = 16000, seconds: float = 10.0, seed: int = 0) -> list[np.ndarray]:
@@ -239,24 +230,11 @@ def evaluate(model: torch.nn.Module, feats: np.ndarray, labels: np.ndarray, n_cl
     }
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, feature_cfg: FeatureConfig,
                     class_names: list[str] | tuple[str, ...], metrics: dict[str, Any] | None = None,
                     train_cfg: TrainConfig | None = None) -> None:
     """A self-contained model file: architecture config, weights, FeatureConfig, class names, metrics."""
-    _atomic_torch_save(
+    atomic_torch_save(
         {
             "format": "edgekws-model",
             "version": 1,
@@ -410,7 +388,7 @@ def train_model(
                 bad_epochs += 1
         history.append(rec)
         if ckpt_path is not None:
-            _atomic_torch_save(
+            atomic_torch_save(
                 {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch,
                  "history": history, "best_acc": best_acc, "best_epoch": best_epoch, "best_state": best_state,
                  "bad_epochs": bad_epochs, "np_rng": rng.bit_generator.state, "torch_gen": gen.get_state(),

@@ -7,8 +7,10 @@ A dataset is a list of fixed-length mono clips at a known sample rate, each with
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -88,6 +90,21 @@ class ClipDataset:
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.class_names))
         return {c: int(n) for c, n in zip(self.class_names, counts)}
+
+
+def read_metadata_csv(path: Path, required: Sequence[str], what: str) -> list[dict[str, str]]:
+    """Rows of a dataset's metadata CSV; clear errors for a missing file, missing columns or no rows."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} metadata not found: {path}")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}")
+        rows = list(reader)
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
 
 
 def hash_text(text: str, n: int = 16) -> str:

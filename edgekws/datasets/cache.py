@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from edgekws.datasets.base import Dataset
 from edgekws.features import FeatureConfig, mfcc
+from edgekws.fileio import atomic_open
 
 __all__ = ["default_cache_dir", "load_waveforms", "load_features", "atomic_save_npy"]
 
@@ -28,18 +28,8 @@ def default_cache_dir() -> Path:
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as fh:
+        np.save(fh, array)
 
 
 def _try_load(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:

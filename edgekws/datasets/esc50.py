@@ -5,14 +5,13 @@ Groups are the ``src_file`` recording, which the official folds already keep tog
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 import numpy as np
 
 from edgekws.audio import load_audio
-from edgekws.datasets.base import ClipDataset, hash_text
+from edgekws.datasets.base import ClipDataset, hash_text, read_metadata_csv
 
 __all__ = ["load_esc50"]
 
@@ -23,16 +22,7 @@ def load_esc50(root: str | os.PathLike, *, sample_rate: int = 16000, clip_second
     """Load ESC-50 as a :class:`ClipDataset` with CV folds "1".."5"; class names ordered by ``target``."""
     root = Path(root)
     meta = root / "meta" / "esc50.csv"
-    if not meta.is_file():
-        raise FileNotFoundError(f"ESC-50 metadata not found: {meta}")
-    with open(meta, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{meta}: missing column(s) {missing}")
-        rows = list(reader)
-    if not rows:
-        raise ValueError(f"{meta}: no rows")
+    rows = read_metadata_csv(meta, _REQUIRED, "ESC-50")
     names: dict[int, str] = {}
     for r in rows:
         t = int(r["target"])

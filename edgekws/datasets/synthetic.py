@@ -26,7 +26,6 @@ import math
 import multiprocessing as mp
 import os
 import sys
-import tempfile
 import time
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
@@ -40,6 +39,7 @@ import numpy as np
 import soxr
 
 from edgekws.datasets.base import ClipDataset, stable_hash_fraction
+from edgekws.fileio import atomic_open
 
 __all__ = [
     "PAPER_KEYWORDS",
@@ -574,23 +574,11 @@ def _generate(recipe: _Recipe, progress: Callable[[int, int], None] | None, work
 def _atomic_save(path: Path, **arrays: np.ndarray) -> None:
     """Write a compressed ``.npz`` (fast deflate: the audio is noise-like and barely compresses further) that
     appears under ``path`` only once complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-                for name, arr in arrays.items():
-                    with zf.open(name + ".npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, np.asarray(arr), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(path, "wb") as f:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            for name, arr in arrays.items():
+                with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(arr), allow_pickle=False)
 
 
 def _load(path: Path, recipe: _Recipe):

@@ -8,14 +8,13 @@ evaluates with 5-fold cross-validation, so official folds are merged pairwise: {
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 import numpy as np
 
 from edgekws.audio import load_audio
-from edgekws.datasets.base import ClipDataset, hash_text
+from edgekws.datasets.base import ClipDataset, hash_text, read_metadata_csv
 
 __all__ = ["US8K_CLASSES", "load_us8k", "official_to_cv_fold"]
 
@@ -51,16 +50,7 @@ def load_us8k(
     """Load UrbanSound8K as a :class:`ClipDataset` with CV folds "1".."5" (or the official 10)."""
     root = Path(root)
     meta = root / "metadata" / "UrbanSound8K.csv"
-    if not meta.is_file():
-        raise FileNotFoundError(f"UrbanSound8K metadata not found: {meta}")
-    with open(meta, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{meta}: missing column(s) {missing}")
-        rows = list(reader)
-    if not rows:
-        raise ValueError(f"{meta}: no rows")
+    rows = read_metadata_csv(meta, _REQUIRED, "UrbanSound8K")
     rel_paths, labels, groups, fold_names = [], [], [], []
     for r in rows:
         label = int(r["classID"])
