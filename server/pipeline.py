@@ -15,7 +15,7 @@ from edgekws.datasets import Dataset
 from edgekws.features import FeatureConfig
 from edgekws.fileio import atomic_write_json as write_json
 from edgekws.server.data import Prepared, prepare
-from edgekws.server.train import TrainConfig, evaluate, save_checkpoint, train_model
+from edgekws.server.train import TrainConfig, TrainResult, evaluate, save_checkpoint, train_model
 
 if TYPE_CHECKING:
     from edgekws.server.rfad import RFADConfig
@@ -43,6 +43,28 @@ def run_environment() -> dict[str, Any]:
         "numpy": np.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def _run_metrics(ds: Dataset, p: Prepared, train_cfg: TrainConfig) -> dict[str, Any]:
+    """The identity of a run: data, split, classes, model."""
+    return {
+        "dataset": ds.name,
+        "fingerprint": ds.fingerprint(),
+        "split": {**p.split.sizes(), "how": getattr(ds, "meta", {}).get("split", "")},
+        "class_names": list(p.class_names),
+        "model": train_cfg.model,
+    }
+
+
+def _write_run(out: Path, result: TrainResult, p: Prepared, metrics: dict[str, Any], train_cfg: TrainConfig,
+               title: str) -> None:
+    """model.pt (self-contained checkpoint), metrics.json, history.json and curves.png."""
+    from edgekws.plots import plot_training_curves
+
+    save_checkpoint(out / "model.pt", result.model, p.feature_cfg, p.class_names, metrics, train_cfg)
+    write_json(out / "metrics.json", metrics)
+    write_json(out / "history.json", result.history)
+    plot_training_curves(result.history, out / "curves.png", title=title)
 
 
 def train_on_dataset(
@@ -80,11 +102,7 @@ def train_on_dataset(
         inputs="waveform", noise=p.noise, checkpoint_dir=out / "checkpoints", resume=resume, progress=progress,
     )
     metrics: dict[str, Any] = {
-        "dataset": ds.name,
-        "fingerprint": ds.fingerprint(),
-        "split": {**p.split.sizes(), "how": getattr(ds, "meta", {}).get("split", "")},
-        "class_names": list(p.class_names),
-        "model": train_cfg.model,
+        **_run_metrics(ds, p, train_cfg),
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "stopped_early": result.stopped_early,
@@ -97,12 +115,7 @@ def train_on_dataset(
     }
     for name, (xf, yl) in (extra_tests or {}).items():
         metrics[f"test_{name}"] = evaluate(result.model, xf, yl, p.n_classes)
-    save_checkpoint(out / "model.pt", result.model, p.feature_cfg, p.class_names, metrics, train_cfg)
-    write_json(out / "metrics.json", metrics)
-    from edgekws.plots import plot_training_curves
-
-    plot_training_curves(result.history, out / "curves.png", title=f"{train_cfg.model} on {ds.name}")
-    write_json(out / "history.json", result.history)
+    _write_run(out, result, p, metrics, train_cfg, f"{train_cfg.model} on {ds.name}")
     return metrics
 
 
@@ -145,11 +158,7 @@ def distill_job(
         train_cfg, inputs="features", checkpoint_dir=out / "checkpoints" / "train", resume=resume, progress=progress,
     )
     metrics: dict[str, Any] = {
-        "dataset": ds.name,
-        "fingerprint": ds.fingerprint(),
-        "split": {**p.split.sizes(), "how": getattr(ds, "meta", {}).get("split", "")},
-        "class_names": list(p.class_names),
-        "model": train_cfg.model,
+        **_run_metrics(ds, p, train_cfg),
         "coreset": {"per_class": rfad_cfg.per_class, "size": int(len(coreset.x)),
                     "krr_val_accuracy_init": coreset.metrics.get("init_val_accuracy"),
                     "krr_val_accuracy": coreset.metrics.get("val_accuracy"),
@@ -165,9 +174,5 @@ def distill_job(
         "train_config": train_cfg.to_dict(),
         "environment": run_environment(),
     }
-    save_checkpoint(out / "model.pt", result.model, p.feature_cfg, p.class_names, metrics, train_cfg)
-    write_json(out / "metrics.json", metrics)
-    from edgekws.plots import plot_training_curves
-
-    plot_training_curves(result.history, out / "curves.png", title=f"{train_cfg.model} on a {ds.name} coreset")
+    _write_run(out, result, p, metrics, train_cfg, f"{train_cfg.model} on a {ds.name} coreset")
     return metrics
