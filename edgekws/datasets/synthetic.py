@@ -692,5 +692,6 @@ def synthetic_keywords(
             "params": params,
             "audio_int16": audio,
             "voices": describe_variants(),
+            "split": "by voice (language voice + variant), hashed about 80/10/10 into train/val/test",
         },
     )
