@@ -1,4 +1,6 @@
 import json
+
+import pytest
 import subprocess
 import sys
 
@@ -84,3 +86,24 @@ def test_distill_on_custom_synthetic_keywords(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["coreset"]["size"] == 9 and metrics["model"] == "cnn4"
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+
+
+def test_evaluate_compares_coreset_with_random_real(tmp_path):
+    out = tmp_path / "run"
+    base = ["--keywords", "yes,no,stop", "--synthetic-per-class", "16"]
+    res = runner.invoke(app, ["distill", *base, "--per-class", "3", "--steps", "2", "--n-models", "1",
+                              "--pool-size", "1", "--width", "8", "--epochs", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["evaluate", "--coreset", str(out / "coreset.npz"), "--model", "dscnn", *base,
+                              "--seeds", "0,1", "--epochs", "1", "--out", str(tmp_path / "eval.json")])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "eval.json").read_text())
+    for key in ("coreset", "random_real_mse", "random_real_ce"):
+        assert len(result[key]["runs"]) == 2 and 0.0 <= result[key]["mean"] <= 100.0
+    assert result["per_class"] == 3
+    assert result["gain_over_random_points"] == pytest.approx(
+        result["coreset"]["mean"] - result[result["stronger_random_baseline"]]["mean"])
+    # a coreset from other data is refused with a clear message
+    res = runner.invoke(app, ["evaluate", "--coreset", str(out / "coreset.npz"), "--keywords", "yes,no,stop",
+                              "--synthetic-per-class", "20"])
+    assert res.exit_code == 2 and "another dataset" in res.output
