@@ -1,9 +1,8 @@
 import json
-
-import pytest
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from edgekws.cli import app
