@@ -61,6 +61,22 @@ RATE_MIN = 80
 RATE_MAX = 450
 
 
+def _libc_srand(seed: int) -> None:
+    """Seed the C library's ``rand()`` (no-op where it cannot be reached)."""
+    global _SRAND
+    if _SRAND is None:
+        try:
+            _SRAND = ctypes.CDLL(None).srand
+            _SRAND.argtypes = [ctypes.c_uint]
+        except (OSError, AttributeError):
+            _SRAND = False
+    if _SRAND:
+        _SRAND(seed)
+
+
+_SRAND = None
+
+
 class TTSError(RuntimeError):
     """The speech synthesiser is unavailable or refused a request."""
 
@@ -319,8 +335,12 @@ class _Engine:
             raise TTSError(f"espeak_SetParameter({which}, {value}) failed with status {status}")
 
     def synth(self, text: str, flags: int, seed: int | None) -> np.ndarray:
-        if self._set_seed is not None and seed is not None:
-            self._set_seed(int(seed) & 0x7FFFFFFF)
+        if seed is not None:
+            if self._set_seed is not None:
+                self._set_seed(int(seed) & 0x7FFFFFFF)
+            # Some voice variants (breathy ones) draw noise from the C library's rand(), whose state is
+            # process-wide and survives reloading espeak-ng: seed it too, or the output depends on history.
+            _libc_srand(int(seed) & 0x7FFFFFFF)
         data = text.encode("utf-8") + b"\0"
         buf = ctypes.create_string_buffer(data, len(data))
         self._chunks = []

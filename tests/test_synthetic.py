@@ -228,3 +228,14 @@ def test_voice_pool_and_default_cache_dir(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "synthetic"
     monkeypatch.delenv("EDGEKWS_CACHE")
     assert default_cache_dir().parts[-3:] == (".cache", "edgekws", "synthetic")
+
+
+def test_breathy_voices_do_not_depend_on_what_was_spoken_before():
+    """Breathy variants draw noise from libc's rand(); a clip must not depend on the process's history."""
+    from edgekws.datasets.synthetic import render_clip
+
+    first, _ = render_clip("go", 7, voice="en-us+Reed")
+    for i in range(3):
+        render_clip("yes", i, voice="en-us+caleb")
+    again, _ = render_clip("go", 7, voice="en-us+Reed")
+    np.testing.assert_array_equal(first, again)

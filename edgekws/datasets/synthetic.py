@@ -51,7 +51,7 @@ __all__ = [
     "render_clip",
 ]
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 PAPER_KEYWORDS: tuple[str, ...] = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 
