@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Dataset", "ClipDataset", "Split", "split_indices", "stable_hash_fraction", "hash_text"]
+__all__ = [
+    "Dataset",
+    "ClipDataset",
+    "Split",
+    "split_indices",
+    "stable_hash_fraction",
+    "hash_text",
+    "sizes_key",
+    "read_metadata_csv",
+]
 
 
 @runtime_checkable
@@ -105,6 +115,11 @@ def read_metadata_csv(path: Path, required: Sequence[str], what: str) -> list[di
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows
+
+
+def sizes_key(root: Path, rel_paths: Sequence[str]) -> str:
+    """Short hash of the files' sizes: part of a file-backed dataset's fingerprint (cheap; catches replaced files)."""
+    return hash_text("|".join(str(os.stat(root / p).st_size) for p in rel_paths))
 
 
 def hash_text(text: str, n: int = 16) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekws.audio import load_audio
-from edgekws.datasets.base import ClipDataset, hash_text, read_metadata_csv
+from edgekws.datasets.base import ClipDataset, read_metadata_csv, sizes_key
 
 __all__ = ["load_esc50"]
 
@@ -41,7 +41,6 @@ def load_esc50(root: str | os.PathLike, *, sample_rate: int = 16000, clip_second
     def loader(i: int) -> np.ndarray:
         return load_audio(root / rel_paths[i], sample_rate=sample_rate, clip_seconds=clip_seconds)
 
-    sizes = "|".join(str(os.stat(root / p).st_size) for p in rel_paths)
     return ClipDataset(
         name="esc50",
         class_names=tuple(names[t] for t in targets),
@@ -52,6 +51,6 @@ def load_esc50(root: str | os.PathLike, *, sample_rate: int = 16000, clip_second
         clip_seconds=clip_seconds,
         loader=loader,
         source_ids=rel_paths,
-        content_key=f"sizes={hash_text(sizes)}",
+        content_key=f"sizes={sizes_key(root, rel_paths)}",
         meta={"root": str(root), "split": "official 5 folds"},
     )

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from edgekws.audio import load_audio
-from edgekws.datasets.base import ClipDataset, hash_text, stable_hash_fraction
+from edgekws.datasets.base import ClipDataset, sizes_key, stable_hash_fraction
 
 __all__ = ["PAPER_KEYWORDS", "UNKNOWN", "SILENCE", "load_gsc", "speaker_of", "background_noise_files"]
 
@@ -157,8 +157,6 @@ def load_gsc(
             return np.pad(seg, (0, clip_samples - len(seg))).astype(np.float32)
         return load_audio(root / rel, sample_rate=sample_rate, clip_seconds=clip_seconds)
 
-    stats = [os.stat(root / p) for p in rel_paths[:n_files]]
-    content = "|".join(f"{s.st_size}" for s in stats)
     return ClipDataset(
         name="gsc",
         class_names=tuple(class_names),
@@ -169,7 +167,7 @@ def load_gsc(
         clip_seconds=clip_seconds,
         loader=loader,
         source_ids=rel_paths,
-        content_key=f"lists={use_lists};sizes={hash_text(content)}",
+        content_key=f"lists={use_lists};sizes={sizes_key(root, rel_paths[:n_files])}",
         meta={
             "root": str(root),
             "split": "lists" if use_lists else f"speaker-hash val={val_fraction} test={test_fraction}",

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekws.audio import load_audio
-from edgekws.datasets.base import ClipDataset, hash_text, read_metadata_csv
+from edgekws.datasets.base import ClipDataset, read_metadata_csv, sizes_key
 
 __all__ = ["US8K_CLASSES", "load_us8k", "official_to_cv_fold"]
 
@@ -68,7 +68,6 @@ def load_us8k(
     def loader(i: int) -> np.ndarray:
         return load_audio(root / rel_paths[i], sample_rate=sample_rate, clip_seconds=clip_seconds)
 
-    sizes = "|".join(str(os.stat(root / p).st_size) for p in rel_paths)
     return ClipDataset(
         name="us8k",
         class_names=US8K_CLASSES,
@@ -79,6 +78,6 @@ def load_us8k(
         clip_seconds=clip_seconds,
         loader=loader,
         source_ids=rel_paths,
-        content_key=f"folds={folds};sizes={hash_text(sizes)}",
+        content_key=f"folds={folds};sizes={sizes_key(root, rel_paths)}",
         meta={"root": str(root), "split": f"{folds}-fold CV (official folds merged pairwise)" if folds == 5 else "official 10 folds"},
     )
