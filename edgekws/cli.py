@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -34,8 +35,11 @@ def _keywords(text: Optional[str]) -> Optional[tuple[str, ...]]:
 
 
 @contextmanager
-def _progress() -> Iterator[Any]:
+def _progress(enabled: bool = True) -> Iterator[Any]:
     """A rich progress display and a callback that understands the library's progress events."""
+    if not enabled:
+        yield lambda ev: None
+        return
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -157,6 +161,7 @@ def distill(
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
 ) -> None:
     """Distil a dataset (the embedded synthetic keywords by default) into a coreset and train the target's model on it."""
+    from edgekws.server.distributed import init_from_env
     from edgekws.server.pipeline import distill_job
     from edgekws.server.rfad import RFADConfig
     from edgekws.server.train import AugmentConfig, TrainConfig
@@ -169,17 +174,20 @@ def distill(
     except ValueError as exc:
         _fail(str(exc))
     out = out or Path("runs") / target
+    comm = init_from_env()  # under torchrun: distil together, rank 0 trains and writes
     t0 = time.perf_counter()
     tcfg = TrainConfig(model=tgt.model, model_kwargs=dict(tgt.model_kwargs), epochs=epochs, loss="mse",
                        min_steps_per_epoch=12, seed=seed, device=device,
                        augment=AugmentConfig(time_shift_ms=0.0, gain_db=0.0, noise_prob=0.0))
-    with _progress() as on_event:
+    with _progress(enabled=comm.is_main) as on_event:
         ds = _load_dataset(dataset, data_dir, _keywords(keywords), synthetic_per_class, seed, on_event)
         try:
             metrics = distill_job(ds, tgt.features.replace(clip_seconds=ds.clip_seconds), rcfg, tcfg, out,
                                   test_fold=test_fold, resume=resume, progress=on_event)
         except ValueError as exc:
             _fail(str(exc))
+    if not comm.is_main:
+        return
     _print_metrics(metrics)
     c = metrics["coreset"]
     console.print(f"coreset: {c['size']} samples ({c['per_class']}/class), KRR val accuracy "
@@ -237,6 +245,78 @@ def evaluate(
                   f"{result['gain_over_random_points']:+.2f} points")
     if out:
         atomic_write_json(out, result)
+
+
+coreset_app = typer.Typer(no_args_is_help=True, help="Look at and listen to a coreset.")
+app.add_typer(coreset_app, name="coreset")
+
+
+@coreset_app.command("show")
+def coreset_show(
+    path: Path = typer.Argument(..., help="coreset.npz"),
+    png: Optional[Path] = typer.Option(None, help="write a picture of the distilled MFCC here"),
+    per_class: int = typer.Option(4, min=1, help="samples per class in the picture"),
+) -> None:
+    """Summarise a coreset (classes, size, label entropy, distillation metrics); optionally draw it."""
+    from edgekws.server.rfad import Coreset
+
+    try:
+        core = Coreset.load(path)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    counts = np.bincount(core.hard_labels, minlength=core.n_classes)
+    t = Table(title=f"{path}: {len(core.x)} samples, features {core.x.shape[1]}x{core.x.shape[2]}")
+    for col in ("class", "samples", "mean top label", "changed class"):
+        t.add_column(col, justify="right" if col != "class" else "left")
+    for c, name in enumerate(core.class_names):
+        rows = core.hard_labels == c
+        top = float(core.y[rows].max(1).mean()) if rows.any() else float("nan")
+        moved = int(np.sum(core.init_labels[rows] != c)) if core.init_labels is not None else 0
+        t.add_row(name, str(counts[c]), f"{top:.2f}", str(moved))
+    console.print(t)
+    m = core.metrics
+    if m.get("val_accuracy") is not None:
+        console.print(f"KRR validation accuracy {100 * (m.get('init_val_accuracy') or 0):.1f}% -> "
+                      f"{100 * m['val_accuracy']:.1f}% after {m.get('steps')} steps (best at {m.get('best_step')})")
+    if png:
+        from edgekws.plots import plot_coreset
+
+        plot_coreset(core.x, core.hard_labels, core.class_names, png, classes=range(core.n_classes),
+                     per_class=per_class, title=f"distilled MFCC: {path.name}")
+        console.print(f"wrote {png}")
+
+
+@coreset_app.command("listen")
+def coreset_listen(
+    path: Path = typer.Argument(..., help="coreset.npz"),
+    out: Path = typer.Option(..., help="folder for the WAV files"),
+    classes: Optional[str] = typer.Option(None, help="comma-separated class names (default: all)"),
+    per_class: int = typer.Option(2, min=1, help="samples per class"),
+    iterations: int = typer.Option(48, min=1, help="Griffin-Lim iterations"),
+) -> None:
+    """Turn coreset samples back into audio (MFCC inversion + Griffin-Lim) to hear what was distilled."""
+    from edgekws.audio import save_wav
+    from edgekws.invert import mfcc_to_audio
+    from edgekws.server.rfad import Coreset
+
+    try:
+        core = Coreset.load(path)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    names = [c.strip() for c in classes.split(",")] if classes else list(core.class_names)
+    unknown = [n for n in names if n not in core.class_names]
+    if unknown:
+        _fail(f"unknown classes {unknown}; the coreset has {list(core.class_names)}")
+    out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for name in names:
+        c = core.class_names.index(name)
+        for k, i in enumerate(np.flatnonzero(core.hard_labels == c)[:per_class]):
+            y = mfcc_to_audio(core.x[i], core.feature_config, n_iter=iterations, seed=int(i))
+            fname = "".join(ch if ch.isalnum() else "_" for ch in name)
+            save_wav(out / f"{fname}_{k}.wav", y, core.feature_config.sample_rate)
+            written += 1
+    console.print(f"wrote {written} WAV files to {out}")
 
 
 @app.command()

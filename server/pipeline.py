@@ -132,9 +132,12 @@ def distill_job(
 ) -> dict[str, Any]:
     """Distil the dataset's train split into a coreset, then train ``train_cfg.model`` on the coreset alone.
 
-    Writes ``coreset.npz`` (the artefact), ``model.pt``, ``metrics.json``, ``curves.png`` (finite-net training)
+    Writes ``coreset.npz`` (the artefact), ``coreset.png`` (distilled vs real MFCC), ``distill_curves.png``,
+    ``model.pt``, ``metrics.json``, ``curves.png`` (finite-net training)
     into ``out_dir``; ``out_dir/checkpoints/rfad.pt`` makes the distillation resumable.
     """
+    from edgekws.plots import plot_coreset, plot_distill_curves
+    from edgekws.server.distributed import current_comm
     from edgekws.server.rfad import distill
 
     out = Path(out_dir)
@@ -151,7 +154,13 @@ def distill_job(
         xtr, ytr, xv, yv, p.class_names, p.feature_cfg, rfad_cfg, source_fingerprint=ds.fingerprint(),
         checkpoint_path=out / "checkpoints" / "rfad.pt", resume=resume, progress=progress,
     )
+    if not current_comm().is_main:  # the other processes of a torchrun launch helped distil; rank 0 carries on
+        return {"coreset": {"size": int(len(coreset.x))}, "rank": current_comm().rank}
     coreset.save(out / "coreset.npz")
+    plot_distill_curves(coreset.metrics["history"], out / "distill_curves.png",
+                        title=f"RFAD on {ds.name}: {rfad_cfg.per_class}/class")
+    plot_coreset(coreset.x, coreset.hard_labels, coreset.class_names, out / "coreset.png", real_x=xtr,
+                 real_labels=ytr, title=f"distilled vs real MFCC ({ds.name})")
     t_distill = time.perf_counter() - t0
     result = train_model(
         coreset.x, coreset.y, xv if len(xv) else None, yv if len(yv) else None, p.feature_cfg, p.n_classes,

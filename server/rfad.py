@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from edgekws.features import FeatureConfig
 from edgekws.fileio import atomic_write_bytes, json_default
+from edgekws.server.distributed import Comm, current_comm
 from edgekws.server.runtime import pick_device
 
 __all__ = [
@@ -576,22 +577,33 @@ def _load_checkpoint(path: Path, cfg: RFADConfig, fingerprint: str) -> dict[str,
 
 
 class _Objective:
-    """The distillation loss of one step, and its gradients w.r.t. the coreset, its labels and the temperature."""
+    """The distillation loss of one step, and its gradients w.r.t. the coreset, its labels and the temperature.
 
-    def __init__(self, cfg: RFADConfig, pool: RandomConvNets, real: torch.Tensor, targets: torch.Tensor,
-                 labels: torch.Tensor):
-        self.cfg, self.pool, self.real = cfg, pool, real  # real: (P, N, D) pool features of the training set
+    ``real`` holds the real-side features of the pool nets this process owns (``slots`` maps a pool index to its
+    row). With several processes (``comm``) each one sums the kernels over its own sampled nets; the partial
+    kernels are summed across processes, every process evaluates the same loss, and the coreset gradients of the
+    processes' nets are summed. With one process this is the plain RFAD objective.
+    """
+
+    def __init__(self, cfg: RFADConfig, pool: RandomConvNets, real: torch.Tensor, slots: dict[int, int],
+                 targets: torch.Tensor, labels: torch.Tensor, comm: Comm):
+        self.cfg, self.pool, self.real, self.slots, self.comm = cfg, pool, real, slots, comm
         self.targets, self.labels = targets, labels  # (N, C) float64 regression targets, (N,) int64
 
-    def loss(self, phi_c: torch.Tensor, ids: torch.Tensor, bidx: torch.Tensor, y_c: torch.Tensor,
-             log_tau: torch.Tensor) -> torch.Tensor:
-        m = len(ids)
-        k_cc = _gram(phi_c, phi_c)
+    def _partial_kernels(self, phi_c: torch.Tensor, own: list[int], bidx: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums over this process's nets of ``Phi_C Phi_C^T`` and ``Phi_B Phi_C^T`` (not yet divided by m)."""
+        flat = phi_c.reshape(phi_c.shape[0], -1)
+        k_cc = flat @ flat.T
         k_bc = None
-        for j in range(m):
-            part = self.real[int(ids[j])].index_select(0, bidx) @ phi_c[:, j].T
+        for j, net in enumerate(own):
+            part = self.real[self.slots[net]].index_select(0, bidx) @ phi_c[:, j].T
             k_bc = part if k_bc is None else k_bc + part
-        pred = kernel_ridge(k_cc, k_bc / m, y_c, self.cfg.reg)
+        return k_cc, k_bc
+
+    def loss_from_kernels(self, k_cc: torch.Tensor, k_bc: torch.Tensor, y_c: torch.Tensor, log_tau: torch.Tensor,
+                          bidx: torch.Tensor) -> torch.Tensor:
+        pred = kernel_ridge(k_cc, k_bc, y_c, self.cfg.reg)
         if self.cfg.loss == "mse":
             return ((pred - self.targets.index_select(0, bidx)) ** 2).sum(1).mean()
         return F.cross_entropy(pred / torch.exp(log_tau.double()), self.labels.index_select(0, bidx))
@@ -600,23 +612,47 @@ class _Objective:
                  bidx: torch.Tensor) -> float:
         """Accumulate gradients into ``x_c``, ``y_c`` and ``log_tau``; return the loss.
 
-        When the coreset's activations fit the memory budget this is one forward and backward pass. Otherwise the
-        features are computed without autograd, the loss is differentiated w.r.t. them, and each chunk of coreset
-        rows is recomputed with autograd and back-propagated with its share of that gradient.
+        The coreset's features under this process's nets are computed with autograd when their activations fit
+        the memory budget; otherwise without, and each chunk of coreset rows is recomputed with autograd and
+        back-propagated with its share of the features' gradient.
         """
-        rows = self.pool.chunk_rows(x_c.shape[1:], len(ids), grad=True)
-        if rows >= x_c.shape[0]:
-            loss = self.loss(self.pool.features(x_c, ids), ids, bidx, y_c, log_tau)
+        m = len(ids)
+        own = [int(j) for j in ids if self.comm.owns(int(j))]
+        n_c = x_c.shape[0]
+        direct = bool(own) and self.pool.chunk_rows(x_c.shape[1:], len(own), grad=True) >= n_c
+        phi = None
+        if own:
+            if direct:
+                phi = self.pool.features(x_c, own)
+            else:
+                with torch.no_grad():
+                    phi = self.pool.features_chunked(x_c.detach(), own)
+                phi.requires_grad_(True)
+            k_cc_own, k_bc_own = self._partial_kernels(phi, own, bidx)
+        else:
+            k_cc_own = torch.zeros((n_c, n_c), dtype=x_c.dtype, device=x_c.device)
+            k_bc_own = torch.zeros((len(bidx), n_c), dtype=x_c.dtype, device=x_c.device)
+        if self.comm.world == 1:
+            k_cc, k_bc = k_cc_own / m, k_bc_own / m
+            loss = self.loss_from_kernels(k_cc, k_bc, y_c, log_tau, bidx)
             loss.backward()
-            return float(loss.detach())
-        with torch.no_grad():
-            phi = self.pool.features_chunked(x_c.detach(), ids)
-        phi.requires_grad_(True)
-        loss = self.loss(phi, ids, bidx, y_c, log_tau)
-        loss.backward()
-        g = phi.grad
-        for s in range(0, x_c.shape[0], rows):
-            torch.autograd.backward(self.pool.features(x_c[s : s + rows], ids), g[s : s + rows])
+        else:
+            k_cc = (self.comm.all_reduce_(k_cc_own.detach().double().clone()) / m).requires_grad_(True)
+            k_bc = (self.comm.all_reduce_(k_bc_own.detach().double().clone()) / m).requires_grad_(True)
+            loss = self.loss_from_kernels(k_cc, k_bc, y_c, log_tau, bidx)
+            loss.backward()
+            if own:
+                torch.autograd.backward([k_cc_own, k_bc_own],
+                                        [(k_cc.grad / m).to(k_cc_own.dtype), (k_bc.grad / m).to(k_bc_own.dtype)])
+        if own and not direct:
+            g = phi.grad
+            rows = self.pool.chunk_rows(x_c.shape[1:], len(own), grad=True)
+            for s in range(0, n_c, rows):
+                torch.autograd.backward(self.pool.features(x_c[s : s + rows], own), g[s : s + rows])
+        if self.comm.world > 1:
+            if x_c.grad is None:
+                x_c.grad = torch.zeros_like(x_c)
+            self.comm.all_reduce_(x_c.grad)
         return float(loss.detach())
 
 
@@ -653,6 +689,7 @@ def distill(
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
     progress: Progress | None = None,
+    comm: Comm | None = None,
 ) -> Coreset:
     """Distil a labelled training set into a coreset of ``cfg.per_class`` images per class.
 
@@ -670,6 +707,9 @@ def distill(
             ``patience`` may grow).
         progress: receives ``{"event": "rfad_features", "done", "total"}`` while real-side features are
             computed and ``{"event": "distill", "step", "steps", "loss", "val_accuracy", ...}`` after every step.
+        comm: processes distilling together (:mod:`edgekws.server.distributed`); default: the initialised
+            ``torch.distributed`` group, else this process alone. Every process passes the same data and
+            settings and gets the same coreset; only the main process writes checkpoints and reports progress.
 
     Returns:
         The coreset with the best validation accuracy seen (the random-real initialisation included).
@@ -683,6 +723,9 @@ def distill(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
+    comm = comm if comm is not None else current_comm()
+    if not comm.is_main:
+        progress = None
     n_classes = len(class_names)
     t_start = time.perf_counter()
     fingerprint = _data_fingerprint(x_train, y_train, x_val, y_val, np.array(class_names))
@@ -722,7 +765,7 @@ def distill(
         step_seconds, losses = list(state["step_seconds"]), list(state["losses"])
 
     def checkpoint() -> None:
-        if ckpt is None:
+        if ckpt is None or not comm.is_main:
             return
         _save_checkpoint(ckpt, {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": cfg.to_dict(),
@@ -739,20 +782,22 @@ def distill(
         t0 = time.perf_counter()
         xt, xv = _as_tensor(x_train, device), _as_tensor(x_val, device)
         d = pool.feature_dim(x_train.shape[1:])
-        real = torch.empty((cfg.pool_size, len(x_train), d), dtype=torch.float32, device=device)
+        owned = [j for j in range(cfg.pool_size) if comm.owns(j)]  # this process keeps these nets' features
+        slots = {j: k for k, j in enumerate(owned)}
+        real = torch.empty((len(owned), len(x_train), d), dtype=torch.float32, device=device)
         group = cfg.n_models
-        for s in range(0, cfg.pool_size, group):
-            ids = list(range(s, min(s + group, cfg.pool_size)))
+        for s in range(0, len(owned), group):
+            ids = owned[s : s + group]
             feats = pool.features_chunked(xt, ids)  # (N, g, D)
             real[s : s + len(ids)] = feats.transpose(0, 1)
             del feats
             if progress:
-                progress({"event": "rfad_features", "done": ids[-1] + 1, "total": cfg.pool_size})
+                progress({"event": "rfad_features", "done": s + len(ids), "total": len(owned)})
         val_feats = eval_nets.features_chunked(xv)
         del xt, xv
         feature_seconds += time.perf_counter() - t0
         onehot = torch.from_numpy(_onehot(y_train, n_classes)).double().to(device) - offset
-        objective = _Objective(cfg, pool, real, onehot, torch.from_numpy(y_train).to(device))
+        objective = _Objective(cfg, pool, real, slots, onehot, torch.from_numpy(y_train).to(device), comm)
         by_class = [np.flatnonzero(y_train == c) for c in range(n_classes)]
         y_val_t = torch.from_numpy(y_val).to(device)
 
@@ -817,6 +862,7 @@ def distill(
         "seconds_per_step": float(np.mean(step_seconds)) if step_seconds else None,
         "seconds": time.perf_counter() - t_start,
         "device": str(device),
+        "processes": comm.world,
         "history": history,
     }
     return Coreset(x=best["x"].numpy(), y=best["y"].numpy(), class_names=class_names, feature_config=feature_config,

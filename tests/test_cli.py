@@ -85,6 +85,24 @@ def test_distill_on_custom_synthetic_keywords(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["coreset"]["size"] == 9 and metrics["model"] == "cnn4"
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    for png in ("coreset.png", "distill_curves.png", "curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # look at it and listen to it
+    res = runner.invoke(app, ["coreset", "show", str(out / "coreset.npz"), "--png", str(tmp_path / "c.png")])
+    assert res.exit_code == 0, res.output
+    assert "lights off" in res.output and (tmp_path / "c.png").stat().st_size > 1000
+    res = runner.invoke(app, ["coreset", "listen", str(out / "coreset.npz"), "--out", str(tmp_path / "wav"),
+                              "--classes", "stop,lights on", "--per-class", "2", "--iterations", "4"])
+    assert res.exit_code == 0, res.output
+    wavs = sorted(p.name for p in (tmp_path / "wav").iterdir())
+    assert wavs == ["lights_on_0.wav", "lights_on_1.wav", "stop_0.wav", "stop_1.wav"]
+    from edgekws.audio import load_audio
+
+    y = load_audio(tmp_path / "wav" / "stop_0.wav", sample_rate=16000)
+    assert len(y) > 15000 and np.abs(y).max() > 0.5
+    res = runner.invoke(app, ["coreset", "listen", str(out / "coreset.npz"), "--out", str(tmp_path / "w2"),
+                              "--classes", "nope"])
+    assert res.exit_code == 2 and "unknown classes" in res.output
 
 
 def test_evaluate_compares_coreset_with_random_real(tmp_path):

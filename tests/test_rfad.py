@@ -6,6 +6,7 @@ import torch
 
 from edgekws.features import FeatureConfig
 from edgekws.server import rfad
+from edgekws.server.distributed import Comm
 from edgekws.server.rfad import (
     CORESET_VERSION,
     Coreset,
@@ -95,7 +96,7 @@ def _step_grads(cfg, monkeypatch=None, tiny_chunks=False):
     pool = RandomConvNets.pool(cfg)
     real = pool.features(torch.from_numpy(xt)).transpose(0, 1).contiguous()
     targets = torch.from_numpy(np.eye(3)[yt])
-    obj = rfad._Objective(cfg, pool, real, targets, torch.from_numpy(yt))
+    obj = rfad._Objective(cfg, pool, real, {j: j for j in range(cfg.pool_size)}, targets, torch.from_numpy(yt), Comm())
     xc0, yc0 = random_real_coreset(xt, yt, 2, seed=0)
     x_c = torch.from_numpy(xc0).requires_grad_(True)
     y_c = torch.from_numpy(yc0).requires_grad_(True)
