@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+
 import pytest
 from typer.testing import CliRunner
 
