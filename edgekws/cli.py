@@ -17,6 +17,10 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distil audio datasets into tiny coresets and train keyword spotters for the edge.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthesise the default keywords, inspect splits.")
 app.add_typer(data_app, name="data")
+
+from edgekws.cli_device import register as _register_device_commands  # noqa: E402  (listen, device …)
+
+_register_device_commands(app)
 console = Console(stderr=True)
 
 

@@ -1,0 +1,278 @@
+"""A bundle as the device sees it: graphs, classes, FeatureConfig, head, coreset, and local model versions.
+
+:func:`open_bundle` verifies and reads a bundle directory through :func:`edgekws.bundle.load_bundle` (checksums
+and ed25519 signature). The device keeps its own state (labels, clips, fine-tuned heads) in a *state directory*, never in
+the bundle, so a signed bundle stays byte-identical:
+
+``<state>/models/vNNNN/head.npz``   a fine-tuned head ``W (C, D)``, ``b (C,)`` and its ``classes``
+``<state>/models/current``          the active version's name (written atomically)
+
+:class:`DeviceModel` runs the bundle's classifier graph, or, once a local version exists, the embedding graph
+followed by the local numpy head (so classes added on the device need no new graph).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekws.features import FeatureConfig
+from edgekws.fileio import atomic_open, atomic_write_bytes, atomic_write_json
+
+from .backend import BackendError, open_backend
+
+__all__ = [
+    "BundleInfo",
+    "DeviceModel",
+    "DeviceModelError",
+    "current_version",
+    "list_versions",
+    "load_version",
+    "open_bundle",
+    "read_coreset",
+    "state_dir_for",
+    "write_version",
+]
+
+_GRAPHS = {(k, f, p) for k in ("classifier", "embedding") for f in ("onnx", "tflite") for p in ("fp32", "int8")}
+
+
+class DeviceModelError(RuntimeError):
+    """A bundle, a local model version or a coreset cannot be used; the message names the file."""
+
+
+@dataclass
+class BundleInfo:
+    """A verified bundle (see :class:`edgekws.bundle.Bundle`) with the device's error type and identity."""
+
+    path: Path
+    manifest: dict[str, Any]
+    classes: tuple[str, ...]
+    feature_config: FeatureConfig
+    target: str = ""
+    _bundle: Any = field(default=None, repr=False)
+
+    def graph_path(self, kind: str = "classifier", fmt: str = "onnx", precision: str = "fp32") -> Path:
+        if (kind, fmt, precision) not in _GRAPHS:
+            raise DeviceModelError(f"unknown graph {kind}/{fmt}/{precision} (classifier|embedding, onnx|tflite, "
+                                   "fp32|int8)")
+        try:
+            return Path(self._bundle.graph_path(kind, fmt, precision))
+        except Exception as exc:  # BundleError names what the bundle has instead
+            raise DeviceModelError(str(exc)) from exc
+
+    def head(self) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            W, b = self._bundle.head()
+        except Exception as exc:
+            raise DeviceModelError(f"bundle {self.path}: cannot read its head ({exc})") from exc
+        if W.shape[0] != len(self.classes):
+            raise DeviceModelError(f"head has {W.shape[0]} rows but the bundle has {len(self.classes)} classes")
+        return np.asarray(W, np.float32), np.asarray(b, np.float32)
+
+    @property
+    def coreset_path(self) -> Path | None:
+        name = self.manifest.get("coreset")
+        return self.path / name if name else None
+
+    @property
+    def identity(self) -> str:
+        """Short stable id of this bundle (hash of its manifest), used to name its state directory."""
+        raw = (self.path / "manifest.json").read_bytes()
+        return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _read_head(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            W = np.asarray(z["W"], dtype=np.float32)
+            b = np.asarray(z["b"], dtype=np.float32)
+    except (OSError, KeyError, ValueError) as exc:
+        raise DeviceModelError(f"cannot read head {path}: {exc}") from exc
+    if W.ndim != 2 or b.shape != (W.shape[0],):
+        raise DeviceModelError(f"{path}: expected W (C, D) and b (C,), got {W.shape} and {b.shape}")
+    return W, b
+
+
+def open_bundle(path: str | os.PathLike, public_key: Any = None, *, trust_embedded_key: bool = False) -> BundleInfo:
+    """Verify and open a bundle directory (checksums and ed25519 signature, :func:`edgekws.bundle.load_bundle`).
+
+    ``public_key``: the signer's pinned key (object, PEM file or key folder); ``None`` reads
+    ``$EDGEKWS_HOME/keys/signing.pub``. ``trust_embedded_key`` checks integrity against the key in the manifest.
+    """
+    from edgekws.bundle import load_bundle
+
+    path = Path(path)
+    if not path.is_dir():
+        raise DeviceModelError(f"bundle {path} does not exist or is not a directory")
+    try:
+        b = load_bundle(path, public_key=public_key, trust_embedded_key=trust_embedded_key)
+    except Exception as exc:  # BundleError, a bad key file: one clear message either way
+        raise DeviceModelError(f"bundle refused: {exc}") from exc
+    return BundleInfo(path=Path(b.path), manifest=dict(b.manifest), classes=tuple(b.classes),
+                      feature_config=b.feature_config, target=str(b.target), _bundle=b)
+
+
+# Local model versions ---------------------------------------------------------------------------------------
+
+
+def state_dir_for(bundle: BundleInfo, root: str | os.PathLike | None = None) -> Path:
+    """Where the device keeps labels, clips and fine-tuned heads for ``bundle``.
+
+    ``root`` (or ``$EDGEKWS_DEVICE_HOME``, default ``~/.local/share/edgekws/device``) / ``<bundle identity>``.
+    """
+    if root is None:
+        root = os.environ.get("EDGEKWS_DEVICE_HOME") or Path.home() / ".local" / "share" / "edgekws" / "device"
+    d = Path(root) / bundle.identity
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+_VERSION_RE = re.compile(r"^v(\d{4,})$")
+
+
+def list_versions(state: Path) -> list[str]:
+    models = Path(state) / "models"
+    if not models.is_dir():
+        return []
+    return sorted((p.name for p in models.iterdir() if _VERSION_RE.match(p.name) and (p / "head.npz").is_file()),
+                  key=lambda n: int(n[1:]))
+
+
+def current_version(state: Path) -> str | None:
+    ptr = Path(state) / "models" / "current"
+    if not ptr.is_file():
+        return None
+    name = ptr.read_text().strip()
+    return name if name in list_versions(state) else None
+
+
+def write_version(state: Path, W: np.ndarray, b: np.ndarray, classes: list[str] | tuple[str, ...],
+                  meta: dict[str, Any]) -> str:
+    """Write a new head as the next version and make it current (both writes atomic)."""
+    W = np.asarray(W, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    if W.shape[0] != len(classes) or b.shape != (len(classes),):
+        raise ValueError(f"head shapes {W.shape}, {b.shape} do not match {len(classes)} classes")
+    versions = list_versions(state)
+    n = int(versions[-1][1:]) + 1 if versions else 1
+    name = f"v{n:04d}"
+    d = Path(state) / "models" / name
+    with atomic_open(d / "head.npz", "wb") as fh:
+        np.savez(fh, W=W, b=b, classes=np.asarray(list(classes)))
+    atomic_write_json(d / "meta.json", {"version": name, "classes": list(classes), **meta})
+    atomic_write_bytes(Path(state) / "models" / "current", (name + "\n").encode())
+    return name
+
+
+def load_version(state: Path, name: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    p = Path(state) / "models" / name / "head.npz"
+    W, b = _read_head(p)
+    with np.load(p, allow_pickle=False) as z:
+        classes = tuple(str(c) for c in z["classes"])
+    if len(classes) != W.shape[0]:
+        raise DeviceModelError(f"{p}: {len(classes)} classes for {W.shape[0]} head rows")
+    return W, b, classes
+
+
+# Coreset ------------------------------------------------------------------------------------------------------
+
+
+def read_coreset(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], FeatureConfig]:
+    """Read a coreset ``.npz`` with numpy alone: ``x (M, H, W)``, ``y (M, C)`` learned labels, classes, config."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            x = np.asarray(z["x"], dtype=np.float32)
+            y = np.asarray(z["y"], dtype=np.float32)
+            meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+            names = z["class_names"] if "class_names" in z.files else meta.get("class_names")
+            fc_raw = z["feature_config"] if "feature_config" in z.files else meta.get("feature_config")
+    except (OSError, KeyError, ValueError) as exc:
+        raise DeviceModelError(f"cannot read coreset {path}: {exc}") from exc
+    if names is None or fc_raw is None:
+        raise DeviceModelError(f"coreset {path} lacks class names or its feature configuration")
+    classes = tuple(str(c) for c in np.asarray(names).tolist())
+    fc = FeatureConfig.from_json(str(fc_raw)) if isinstance(fc_raw, (str, np.ndarray)) else FeatureConfig.from_dict(fc_raw)
+    if x.ndim != 3 or y.shape != (len(x), len(classes)):
+        raise DeviceModelError(f"coreset {path}: x {x.shape} / y {y.shape} do not fit {len(classes)} classes")
+    return x, y, classes, fc
+
+
+# Running a model ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeviceModel:
+    """Logits (and embeddings) for normalised MFCC windows ``(B, 1, n_mfcc, frames)``.
+
+    With ``head`` set, logits are ``embedding_graph(x) @ W.T + b`` (a local fine-tuned version); otherwise the
+    bundle's classifier graph runs directly.
+    """
+
+    bundle: BundleInfo
+    fmt: str = "onnx"
+    precision: str = "fp32"
+    threads: int = 1
+    state: Path | None = None
+    version: str | None = None
+    classes: tuple[str, ...] = ()
+    _classifier: Any = None
+    _embedder: Any = None
+    _head: tuple[np.ndarray, np.ndarray] | None = None
+    _version_mtime: float = field(default=-1.0, repr=False)
+
+    def __post_init__(self) -> None:
+        self.classes = self.bundle.classes
+        self.reload()
+
+    @property
+    def feature_config(self) -> FeatureConfig:
+        return self.bundle.feature_config
+
+    def reload(self) -> bool:
+        """Switch to the state directory's current version if it changed; True when something changed."""
+        name = current_version(self.state) if self.state is not None else None
+        ptr = self.state / "models" / "current" if self.state is not None else None
+        mtime = ptr.stat().st_mtime if ptr is not None and ptr.exists() else 0.0
+        if name == self.version and mtime == self._version_mtime and (self._classifier or self._head):
+            return False
+        self._version_mtime = mtime
+        if name is None:
+            self._head = None
+            self.classes = self.bundle.classes
+            if self._classifier is None:
+                self._classifier = self._open("classifier")
+        else:
+            W, b, classes = load_version(self.state, name)
+            self._head = (W, b)
+            self.classes = classes
+        self.version = name
+        return True
+
+    def _open(self, kind: str) -> Any:
+        try:
+            return open_backend(self.bundle.graph_path(kind, self.fmt, self.precision), threads=self.threads)
+        except BackendError as exc:
+            raise DeviceModelError(str(exc)) from exc
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        if self._embedder is None:
+            self._embedder = self._open("embedding")
+        return self._embedder.predict(x)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        if self._head is not None:
+            W, b = self._head
+            z = self.embed(x)
+            if z.shape[1] != W.shape[1]:
+                raise DeviceModelError(f"local head expects {W.shape[1]}-d embeddings, graph gives {z.shape[1]}")
+            return z @ W.T + b
+        return self._classifier.predict(x)

@@ -1,0 +1,356 @@
+"""Device runtime: backends, audio sources, streaming detector, `edgekws listen`, and the torch-free guarantee."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime", reason="the device tests need onnxruntime (pip install -e '.[dev]')")
+
+from conftest import tone, write_wav
+from device_support import bundle_public_key, keyword_bundle, sentence
+from edgekws.device.backend import BackendError, OnnxBackend, open_backend
+from edgekws.device.model import DeviceModel, DeviceModelError, open_bundle
+from edgekws.device.runtime import (
+    Detector,
+    DetectorConfig,
+    offline_windows,
+    run_detector,
+)
+from edgekws.device.stream import (
+    ArraySource,
+    AudioSourceError,
+    MicrophoneSource,
+    RawPCMSource,
+    WavSource,
+)
+
+from edgekws.features import FeatureConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return keyword_bundle(tmp_path_factory.getbasetemp().parent)
+
+
+@pytest.fixture(scope="module")
+def test_sentence(tmp_path_factory):
+    words = ["yes", "stop", "no", "yes"]
+    y, spans = sentence(words, gap_s=1.2, lead_s=1.0, seed=3)
+    path = write_wav(tmp_path_factory.mktemp("sent") / "sentence.wav", y)
+    return path, y, spans
+
+
+class _Recorder:
+    """A fake model that records its inputs and returns scheduled logits."""
+
+    def __init__(self, classes, schedule=None):
+        self.classes = tuple(classes)
+        self.inputs: list[np.ndarray] = []
+        self.schedule = schedule or []
+
+    def logits(self, x):
+        self.inputs.append(x.copy())
+        i = len(self.inputs) - 1
+        if i < len(self.schedule):
+            return np.asarray(self.schedule[i], np.float32)[None]
+        z = np.zeros((1, len(self.classes)), np.float32)
+        z[0, 0] = 5.0
+        return z
+
+
+def _fitted_cfg() -> FeatureConfig:
+    fc = FeatureConfig()
+    return fc.replace(mean=tuple(np.linspace(-300, 0, fc.n_mfcc)), std=tuple(np.linspace(50, 5, fc.n_mfcc)))
+
+
+# Streaming equals offline ---------------------------------------------------------------------------------------
+
+
+def test_streaming_windows_equal_offline_for_any_block_size():
+    fc = _fitted_cfg()
+    rng = np.random.default_rng(0)
+    y = (rng.standard_normal(16000 * 4) * 0.05).astype(np.float32) + tone(440, 4.0, amp=0.2)
+    rec = _Recorder(["_silence_", "a"])
+    det = Detector(rec, fc, DetectorConfig(hop_ms=100))
+    i = 0
+    while i < len(y):  # ragged blocks, including 1-sample and multi-hop blocks
+        n = int(rng.choice([1, 37, 320, 1000, 5000]))
+        det.feed(y[i : i + n])
+        i += n
+    ref = offline_windows(y, fc, det.hop)
+    got = np.concatenate(rec.inputs)
+    assert got.shape == ref.shape == (1 + (198 - 48) // 5, 1, 40, 48)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)
+
+
+def test_streaming_logits_equal_offline_logits(bundle, test_sentence):
+    _, y, _ = test_sentence
+    info = open_bundle(bundle, bundle_public_key(bundle))
+    model = DeviceModel(info)
+    det = Detector(model, info.feature_config)
+    ups = []
+    for i in range(0, len(y), 333):
+        ups += det.feed(y[i : i + 333])
+    stream_logits = np.stack([u.logits for u in ups])
+    offline = model.logits(offline_windows(y, info.feature_config, det.hop))
+    assert stream_logits.shape == offline.shape
+    np.testing.assert_allclose(stream_logits, offline, atol=1e-4)
+    # window end times are spaced by the hop and start one clip in
+    times = np.array([u.time for u in ups])
+    np.testing.assert_allclose(np.diff(times), 0.1, atol=1e-9)
+    assert times[0] == pytest.approx(1.0)
+
+
+# Decisions ---------------------------------------------------------------------------------------------------
+
+
+def test_thresholds_smoothing_and_refractory():
+    fc = _fitted_cfg()
+    hi = [0.0, 6.0, 0.0]  # "a" near 1.0
+    mid = [0.0, 0.0, 1.5]  # "b" ~0.69
+    sil = [5.0, 0.0, 0.0]
+    sched = [hi] * 4 + [sil] * 3 + [hi] * 8 + [sil] * 15 + [mid] * 6
+    rec = _Recorder(["_silence_", "a", "b"], sched)
+    cfg = DetectorConfig(hop_ms=100, smooth=2, threshold=0.6, thresholds={"b": 0.8}, refractory_s=1.0)
+    det = Detector(rec, fc, cfg)
+    y = np.zeros(16000 * 8, np.float32)
+    events = list(run_detector(det, ArraySource(y, block_ms=50)))
+    # "a" fires at the first window (t=1.0 s); its second run (t=1.7..2.4 s; smoothed over 2 hops it passes 0.6
+    # from 1.8 s) is held back by the 1 s refractory period until 2.0 s
+    names = [e.keyword for e in events]
+    assert names == ["a", "a"]
+    np.testing.assert_allclose([e.time for e in events], [1.0, 2.0])
+    assert events[0].start == pytest.approx(0.0) and events[0].score > 0.99
+    # "b" reaches 0.69 < its own threshold 0.8: never fires
+    assert "b" not in names
+    # the background class never fires, however confident
+    assert all(not e.keyword.startswith("_") for e in events)
+
+
+def test_detector_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="threshold"):
+        DetectorConfig(threshold=1.5)
+    with pytest.raises(ValueError, match="smooth"):
+        DetectorConfig(smooth=0)
+    with pytest.raises(ValueError, match="hop_ms"):
+        DetectorConfig(hop_ms=0)
+
+
+# Detections on a generated sentence ------------------------------------------------------------------------
+
+
+def _check_detections(events, spans):
+    assert [e["keyword"] for e in events] == [w for w, _, _ in spans]
+    for e, (w, on, off) in zip(events, spans):
+        # the window that fired contains the word's onset, and fired within a clip length of the word's end
+        assert e["start"] <= on + 0.05 and e["time"] >= on, (e, (w, on, off))
+        assert e["time"] <= off + 1.0
+        assert 0.6 <= e["score"] <= 1.0
+
+
+def test_detector_finds_keywords_of_a_sentence_at_the_right_times(bundle, test_sentence):
+    _, y, spans = test_sentence
+    info = open_bundle(bundle, bundle_public_key(bundle))
+    det = Detector(DeviceModel(info), info.feature_config)
+    events = [e.to_dict() for e in run_detector(det, ArraySource(y))]
+    _check_detections(events, spans)
+
+
+def test_listen_cli_json_lines(bundle, test_sentence):
+    from typer.testing import CliRunner
+
+    from edgekws.cli import app
+
+    path, _, spans = test_sentence
+    res = CliRunner().invoke(app, ["listen", "--bundle", str(bundle), "--public-key", str(bundle_public_key(bundle)), "--wav", str(path), "--json",
+                                   "--bundle-only"])
+    assert res.exit_code == 0, res.output
+    events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    _check_detections(events, spans)
+
+
+def test_listen_cli_live_view_and_errors(bundle, test_sentence, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgekws.cli import app
+
+    path, _, _ = test_sentence
+    r = CliRunner()
+    res = r.invoke(app, ["listen", "--bundle", str(bundle), "--public-key", str(bundle_public_key(bundle)), "--wav", str(path), "--bundle-only"])
+    assert res.exit_code == 0, res.output
+    assert "detections" in res.output and "level" in res.output and "4 detection(s)" in res.output
+    res = r.invoke(app, ["listen", "--bundle", str(tmp_path), "--wav", str(path)])
+    assert res.exit_code == 2 and "manifest.json is missing" in " ".join(res.output.split())
+    res = r.invoke(app, ["listen", "--bundle", str(bundle), "--public-key", str(bundle_public_key(bundle)), "--wav", str(tmp_path / "nope.wav")])
+    assert res.exit_code == 2 and "nope.wav" in "".join(res.output.split())
+    res = r.invoke(app, ["listen", "--bundle", str(bundle), "--public-key", str(bundle_public_key(bundle)), "--wav", str(path), "--thresholds", "maybe=0.5"])
+    assert res.exit_code == 2 and "unknown keywords" in res.output
+    res = r.invoke(app, ["listen", "--bundle", str(bundle), "--public-key", str(bundle_public_key(bundle)), "--wav", str(path), "--format", "tflite"])
+    assert res.exit_code == 2 and "no classifier graph in tflite fp32" in " ".join(res.output.split())
+
+
+# Torch-free -----------------------------------------------------------------------------------------------
+
+
+_BLOCK_TORCH = r"""
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+        return None
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def test_device_runtime_runs_with_torch_unimportable(bundle, test_sentence):
+    path, _, spans = test_sentence
+    code = _BLOCK_TORCH + f"""
+import json
+try:
+    import torch
+    raise SystemExit("torch should be blocked")
+except ImportError:
+    pass
+import edgekws.device, edgekws.device.backend, edgekws.device.stream, edgekws.device.runtime, edgekws.device.model
+import edgekws.device.prototypes, edgekws.device.finetune, edgekws.device.store, edgekws.device.labeling
+from typer.testing import CliRunner
+from edgekws.cli import app
+res = CliRunner().invoke(app, ["listen", "--bundle", {str(bundle)!r}, "--public-key", {str(bundle_public_key(bundle))!r}, "--wav", {str(path)!r}, "--json",
+                               "--bundle-only"])
+assert res.exit_code == 0, res.output
+assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch got imported"
+print(res.stdout)
+"""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [e["keyword"] for e in events] == [w for w, _, _ in spans]
+
+
+# Backends ---------------------------------------------------------------------------------------------------
+
+
+def test_onnx_backend_static_batch_one_and_int8(tmp_path, bundle):
+    torch = pytest.importorskip("torch")
+    from device_support import build_bundle
+    from edgekws.models import create_model
+
+    torch.manual_seed(0)
+    fc = _fitted_cfg()
+    m = create_model("cnn4", n_classes=3, input_shape=fc.shape, widths=(8, 8, 8, 8)).eval()
+    b = build_bundle(m, fc, ["_silence_", "a", "b"], tmp_path / "b", static_batch=True, int8=True)
+    be = open_backend(b / "model.onnx")
+    assert isinstance(be, OnnxBackend) and be.static_batch and be.input_shape == (1, 1, 40, 48)
+    x = np.random.default_rng(0).standard_normal((5, 1, 40, 48)).astype(np.float32)
+    got = be.predict(x)
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    q = open_backend(b / "model.int8.onnx").predict(x)
+    assert q.shape == (5, 3) and np.abs(q - ref).max() < 0.1 * (np.abs(ref).max() + 1)
+    with pytest.raises(BackendError, match="does not match"):
+        be.predict(np.zeros((1, 1, 40, 47), np.float32))
+    with pytest.raises(BackendError, match="NaN"):
+        be.predict(np.full((1, 1, 40, 48), np.nan, np.float32))
+    with pytest.raises(BackendError, match="does not exist"):
+        open_backend(tmp_path / "missing.onnx")
+    with pytest.raises(BackendError, match="unknown graph format"):
+        open_backend(tmp_path / "x.pb")
+    (tmp_path / "bad.onnx").write_bytes(b"not a graph")
+    with pytest.raises(BackendError, match="cannot load ONNX graph"):
+        open_backend(tmp_path / "bad.onnx")
+    # the int8 classifier is selectable through the model
+    dm = DeviceModel(open_bundle(b, bundle_public_key(b)), precision="int8")
+    assert dm.logits(x[:1]).shape == (1, 3)
+
+
+def test_open_bundle_refuses_bad_or_tampered_bundles(tmp_path, bundle):
+    import shutil
+
+    with pytest.raises(DeviceModelError, match="does not exist"):
+        open_bundle(tmp_path / "nope")
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(DeviceModelError, match="refused"):
+        open_bundle(tmp_path)
+    copy = shutil.copytree(bundle, tmp_path / "copy")
+    pub = bundle_public_key(bundle)
+    assert open_bundle(copy, pub).classes == ("_silence_", "yes", "no", "stop")
+    with open(copy / "head.npz", "r+b") as fh:  # one changed byte
+        fh.seek(100)
+        b = fh.read(1)
+        fh.seek(100)
+        fh.write(bytes([b[0] ^ 1]))
+    with pytest.raises(DeviceModelError, match="head.npz"):
+        open_bundle(copy, pub)
+    (copy / "labels.sqlite").write_bytes(b"")  # state never goes into the bundle: unlisted files are refused
+    with pytest.raises(DeviceModelError):
+        open_bundle(copy, pub)
+
+
+# Audio sources ----------------------------------------------------------------------------------------------
+
+
+def test_wav_source_fast_and_realtime(tmp_path):
+    y = tone(300, 0.5)
+    p = write_wav(tmp_path / "t.wav", y, sr=8000)  # resampled to 16 kHz
+    src = WavSource(p)
+    got = np.concatenate(list(src))
+    assert got.shape == (16000,)
+    t0 = time.monotonic()
+    n = sum(b.size for b in WavSource(p, realtime=True))
+    assert n == 16000 and time.monotonic() - t0 >= 0.9
+    with pytest.raises(AudioSourceError, match="missing.wav"):
+        WavSource(tmp_path / "missing.wav")
+
+
+def test_raw_pcm_source_converts_and_resamples():
+    rng = np.random.default_rng(1)
+    stereo = (rng.uniform(-0.5, 0.5, (8000, 2)) * 32768).astype("<i2")
+    src = RawPCMSource(io.BytesIO(stereo.tobytes() + b"\x01"), input_rate=8000, channels=2)  # trailing odd byte
+    out = np.concatenate(list(src))
+    assert abs(out.size - 16000) <= 2
+    same = np.concatenate(list(RawPCMSource(io.BytesIO(stereo[:, 0].copy().tobytes()), input_rate=16000)))
+    np.testing.assert_allclose(same, stereo[:, 0] / 32768.0, atol=1e-6)
+    with pytest.raises(ValueError, match="PCM format"):
+        RawPCMSource(io.BytesIO(b""), fmt="mp3")
+
+
+def test_microphone_errors_name_the_fix(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_portaudio(name, *a, **k):
+        if name == "sounddevice":
+            raise OSError("PortAudio library not found")
+        return real_import(name, *a, **k)
+
+    monkeypatch.delitem(sys.modules, "sounddevice", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_portaudio)
+    with pytest.raises(AudioSourceError) as ei:
+        MicrophoneSource()
+    msg = str(ei.value)
+    assert "apt-get install libportaudio2" in msg and "--device" in msg and "--wav" in msg
+
+
+def test_microphone_without_input_device(monkeypatch):
+    try:
+        import sounddevice  # noqa: F401
+    except OSError:
+        pytest.skip("PortAudio is not installed here")
+    with pytest.raises(AudioSourceError) as ei:
+        MicrophoneSource(device=987654)
+    assert "--device" in str(ei.value) and "--wav" in str(ei.value)
