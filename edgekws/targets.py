@@ -1,13 +1,26 @@
-"""Device target profiles as data: which model, features, formats and budgets each class of device gets."""
+"""Device target profiles as data: which model, features, formats and budgets each class of device gets.
+
+A :class:`Target` says what the server builds for a class of device: the model and its feature configuration,
+which graph formats (``onnx``, ``tflite``) and precisions (``fp32``, ``int8``) go into its bundle, which precision
+the device should run (``precision``), how int8 ONNX graphs are quantized (``quantization``: ``static`` calibrates
+activations on coreset or real features, ``dynamic`` needs no data), how many features to calibrate on, the
+threads the device gives inference, and its memory budgets. ``model_budget_kb`` bounds the size of the primary
+graph (first format at ``precision``); an export that does not fit is refused.
+Torch-free: the device reads targets too.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgekws.features import FeatureConfig
 
-__all__ = ["Target", "TARGETS", "get_target"]
+__all__ = ["FORMATS", "PRECISIONS", "TARGETS", "Target", "get_target"]
+
+FORMATS = ("onnx", "tflite")
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -22,6 +35,30 @@ class Target:
     threads: int = 1
     memory_budget_kb: int = 80 * 1024
     model_budget_kb: int | None = None
+    precisions: tuple[str, ...] = ("fp32", "int8")
+    quantization: str = "static"  # "static" | "dynamic" (ONNX Runtime int8)
+    calibration_clips: int = 256
+    graphs: tuple[str, ...] = ("classifier", "embedding")
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise ValueError(f"target {self.name}: formats {self.formats} must be among {FORMATS}")
+        if self.precision not in PRECISIONS or any(p not in PRECISIONS for p in self.precisions):
+            raise ValueError(f"target {self.name}: precisions must be among {PRECISIONS}")
+        if self.precision not in self.precisions:
+            raise ValueError(f"target {self.name}: its precision {self.precision} is not among {self.precisions}")
+        if self.quantization not in ("static", "dynamic"):
+            raise ValueError(f"target {self.name}: quantization must be 'static' or 'dynamic'")
+        if not set(self.graphs) <= {"classifier", "embedding"} or "classifier" not in self.graphs:
+            raise ValueError(f"target {self.name}: graphs {self.graphs} must include 'classifier'")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["features"] = self.features.to_dict()
+        for k in ("formats", "precisions", "graphs"):
+            d[k] = list(d[k])
+        return d
 
 
 TARGETS: dict[str, Target] = {
@@ -50,10 +87,10 @@ TARGETS: dict[str, Target] = {
         ),
         Target(
             name="mcu",
-            description="Micro-controller class (Cortex-M4/M7, ~256 KB RAM, int8 TFLite)",
+            description="Micro-controller class (Cortex-M4/M7, ~256 KB RAM, int8 TFLite; ONNX for host-side checks)",
             model="dscnn",
             features=FeatureConfig(n_mfcc=10, n_mels=40),
-            formats=("tflite",),
+            formats=("tflite", "onnx"),
             precision="int8",
             threads=1,
             memory_budget_kb=256,
