@@ -211,6 +211,7 @@ def evaluate(
     test_fold: Optional[str] = typer.Option(None),
     seeds: str = typer.Option("0,1,2", help="comma-separated training seeds"),
     epochs: int = typer.Option(60, min=1),
+    full_data_epochs: int = typer.Option(30, min=0, help="also train on the full training split (0: skip)"),
     seed: int = typer.Option(0, help="seed of the synthetic dataset (as given to distill)"),
     device: str = typer.Option("auto"),
     out: Optional[Path] = typer.Option(None, help="write the result as JSON here"),
@@ -235,18 +236,22 @@ def evaluate(
                   f"this one is {ds.fingerprint()}); pass the same --dataset/--data-dir/--keywords/--seed")
         try:
             prep = prepare(ds, core.feature_config.replace(mean=None, std=None), test_fold=test_fold)
-            result = evaluate_coreset(core, prep, model=model, seeds=seed_list, epochs=epochs, device=device)
+            result = evaluate_coreset(core, prep, model=model, seeds=seed_list, epochs=epochs,
+                                      full_data_epochs=full_data_epochs, device=device)
         except ValueError as exc:
             _fail(str(exc))
     t = Table(title=f"{model} trained on {result['per_class']}/class, tested on {result['test_n']} clips")
     t.add_column("training set")
     t.add_column("test accuracy %", justify="right")
-    for k in ("coreset", "random_real_mse", "random_real_ce"):
-        r = result[k]
-        t.add_row(k.replace("_", " "), f"{r['mean']:.2f} ± {r['std']:.2f}")
+    for k in ("coreset", "random_real_mse", "random_real_ce", "full_data"):
+        if k in result:
+            r = result[k]
+            t.add_row(k.replace("_", " "), f"{r['mean']:.2f} ± {r['std']:.2f}")
     console.print(t)
     console.print(f"gain over the stronger random baseline ({result['stronger_random_baseline']}): "
                   f"{result['gain_over_random_points']:+.2f} points")
+    if "ratio_to_full_data" in result:
+        console.print(f"coreset / full data: {result['ratio_to_full_data']:.3f}")
     if out:
         atomic_write_json(out, result)
 

@@ -39,12 +39,15 @@ def evaluate_coreset(
     model: str = "cnn4",
     seeds: Sequence[int] = (0, 1, 2),
     epochs: int = 60,
+    full_data_epochs: int = 0,
     device: str = "auto",
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Test accuracy of ``model`` trained on the coreset vs on random real clips (MSE and CE), per seed.
 
     ``prepared`` must be the dataset the coreset was distilled from (same classes and feature statistics).
+    With ``full_data_epochs > 0`` the same net is also trained on the whole training split (waveform augmentation,
+    cross-entropy: the full-data recipe) and ``ratio_to_full_data`` is reported.
     """
     if tuple(coreset.class_names) != tuple(prepared.class_names):
         raise ValueError(f"coreset classes {coreset.class_names} differ from the dataset's {prepared.class_names}")
@@ -57,6 +60,8 @@ def evaluate_coreset(
     _, xt, yt = prepared.subset("test")
     c = prepared.n_classes
     runs: dict[str, list[float]] = {"coreset": [], "random_real_mse": [], "random_real_ce": []}
+    if full_data_epochs > 0:
+        runs["full_data"] = []
     for seed in seeds:
         xr, yr = random_real_coreset(xtr, ytr, per_class, seed=seed, n_classes=c)
         cases = {
@@ -72,10 +77,21 @@ def evaluate_coreset(
             runs[name].append(acc)
             if progress:
                 progress({"event": "evaluate", "case": name, "seed": seed, "test_accuracy": acc})
+        if full_data_epochs > 0:
+            xw, _, yw = prepared.subset("train")
+            cfg = TrainConfig(model=model, epochs=full_data_epochs, seed=seed, device=device)
+            res = train_model(xw, yw, xv if len(xv) else None, yv if len(yv) else None, prepared.feature_cfg, c,
+                              cfg, inputs="waveform", noise=prepared.noise)
+            acc = evaluate(res.model, xt, yt, c)["accuracy"]
+            runs["full_data"].append(acc)
+            if progress:
+                progress({"event": "evaluate", "case": "full_data", "seed": seed, "test_accuracy": acc})
     out: dict[str, Any] = {"model": model, "per_class": per_class, "seeds": list(seeds), "epochs": epochs,
                            "test_n": int(len(yt))}
     out.update({k: mean_std(v) for k, v in runs.items()})
     stronger = max(("random_real_mse", "random_real_ce"), key=lambda k: out[k]["mean"])
     out["stronger_random_baseline"] = stronger
     out["gain_over_random_points"] = out["coreset"]["mean"] - out[stronger]["mean"]
+    if "full_data" in out and out["full_data"]["mean"] > 0:
+        out["ratio_to_full_data"] = out["coreset"]["mean"] / out["full_data"]["mean"]
     return out

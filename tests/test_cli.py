@@ -114,10 +114,12 @@ def test_evaluate_compares_coreset_with_random_real(tmp_path):
                               "--pool-size", "1", "--width", "8", "--epochs", "1", "--out", str(out)])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["evaluate", "--coreset", str(out / "coreset.npz"), "--model", "dscnn", *base,
-                              "--seeds", "0,1", "--epochs", "1", "--out", str(tmp_path / "eval.json")])
+                              "--seeds", "0,1", "--epochs", "1", "--full-data-epochs", "1",
+                              "--out", str(tmp_path / "eval.json")])
     assert res.exit_code == 0, res.output
     result = json.loads((tmp_path / "eval.json").read_text())
-    for key in ("coreset", "random_real_mse", "random_real_ce"):
+    assert result["ratio_to_full_data"] == pytest.approx(result["coreset"]["mean"] / result["full_data"]["mean"])
+    for key in ("coreset", "random_real_mse", "random_real_ce", "full_data"):
         assert len(result[key]["runs"]) == 2 and 0.0 <= result[key]["mean"] <= 100.0
     assert result["per_class"] == 3
     assert result["gain_over_random_points"] == pytest.approx(
