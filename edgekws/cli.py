@@ -17,6 +17,8 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distil audio datasets into tiny coresets and train keyword spotters for the edge.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthesise the default keywords, inspect splits.")
 app.add_typer(data_app, name="data")
+bundle_app = typer.Typer(no_args_is_help=True, help="Signed bundles: signing keys, verification.")
+app.add_typer(bundle_app, name="bundle")
 
 from edgekws.cli_device import register as _register_device_commands  # noqa: E402  (listen, device …)
 
@@ -77,6 +79,8 @@ def _progress(enabled: bool = True) -> Iterator[Any]:
                 if ev.get("best_val_accuracy") is not None:
                     info += f"  KRR val {100 * ev['best_val_accuracy']:.1f}%"
                 prog.update(task("distil", ev["steps"]), completed=ev["step"], total=ev["steps"], info=info)
+            elif kind == "export":
+                prog.update(task("export", ev["total"]), completed=ev["done"], total=ev["total"], info=ev["graph"])
 
         yield on_event
 
@@ -198,6 +202,99 @@ def distill(
                   f"{100 * (c['krr_val_accuracy_init'] or 0):.1f}% -> {100 * (c['krr_val_accuracy'] or 0):.1f}%")
     console.print(f"target {tgt.name}: {tgt.model}; wrote {out}/coreset.npz, model.pt, metrics.json in "
                   f"{time.perf_counter() - t0:.0f} s")
+    _export_and_sign(out / "model.pt", tgt.name, out / "bundle", coreset=out / "coreset.npz", key=None)
+
+
+def _export_and_sign(checkpoint: Path, target: str, out: Path, *, coreset: Optional[Path], key: Optional[Path],
+                     calibration: Any = None, evaluation: Any = None) -> None:
+    """Export a checkpoint into a signed, verified bundle (+ .tar); the signing key is created on first use."""
+    from edgekws.bundle import ensure_signing_key
+    from edgekws.export import export_bundle
+
+    if key is None:
+        key, created = ensure_signing_key()
+        if created:
+            console.print(f"created a signing key: {key} (public half: {key.with_name('signing.pub')}); "
+                          "pin that public key on devices")
+    try:
+        with _progress() as on_event:
+            result = export_bundle(checkpoint, target, out, private_key=key, coreset=coreset, calibration=calibration,
+                                   evaluation=evaluation, progress=on_event)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        _fail(str(exc))
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    t = Table(title=f"bundle {out} (target {target})")
+    for col in ("graph", "KB", "max |diff| vs torch", "top-1 agreement", "accuracy"):
+        t.add_column(col, justify="right")
+    for name, p in result.parity.items():
+        agree = f"{100 * p['top1_agreement']:.1f}%" if "top1_agreement" in p else f"cos {p.get('cosine', 1):.4f}"
+        acc = f"{100 * p['accuracy']:.1f}%" if "accuracy" in p else "–"
+        t.add_row(name, f"{p['size_bytes'] / 1024:.1f}", f"{p['max_abs_diff']:.2g}", agree, acc)
+    console.print(t)
+    console.print(f"verified: signature (key {result.manifest.key_id[:16]}…) and {len(result.manifest.files)} file "
+                  f"hashes; wrote {result.bundle}/ and {result.tar}")
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Option(..., help="model.pt written by `edgekws train` or `edgekws distill`"),
+    target: str = typer.Option("rpi", help="rpi | phone | mcu: formats, precisions, quantization, budgets"),
+    out: Path = typer.Option(..., help="bundle folder to write (a .tar of it is written next to it)"),
+    coreset: Optional[Path] = typer.Option(None, help="coreset.npz to ship; also calibrates int8 graphs"),
+    dataset: Optional[str] = typer.Option(None, help="real dataset for int8 calibration (train split) and parity "
+                                                     "(test split), e.g. gsc"),
+    data_dir: Optional[Path] = typer.Option(None, help="folder of --dataset"),
+    key: Optional[Path] = typer.Option(None, help="ed25519 private key (default: $EDGEKWS_HOME/keys/signing.key, "
+                                                  "created on first use)"),
+) -> None:
+    """Export a trained checkpoint to ONNX/TFLite graphs (fp32 + int8) and a signed, verified bundle."""
+    from edgekws.export.pipeline import real_features
+    from edgekws.server.train import load_checkpoint
+
+    calibration = evaluation = None
+    if dataset:
+        try:
+            _, fcfg, classes, _ = load_checkpoint(checkpoint)
+            calibration = real_features(dataset, data_dir, classes, fcfg, "train")[0]
+            evaluation = real_features(dataset, data_dir, classes, fcfg, "test")
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
+    _export_and_sign(checkpoint, target, out, coreset=coreset, key=key, calibration=calibration, evaluation=evaluation)
+
+
+@bundle_app.command("keygen")
+def bundle_keygen(
+    out: Optional[Path] = typer.Option(None, help="key folder (default $EDGEKWS_HOME/keys)"),
+    force: bool = typer.Option(False, help="replace an existing key"),
+) -> None:
+    """Create an ed25519 signing key pair: signing.key (private, mode 0600) and signing.pub (pin it on devices)."""
+    from edgekws.bundle import generate_keypair, key_id, load_public_key
+
+    try:
+        priv, pub = generate_keypair(out, overwrite=force)
+    except FileExistsError as exc:
+        _fail(str(exc))
+    console.print(f"private key: {priv}\npublic key:  {pub}\nkey id: {key_id(load_public_key(pub))}")
+
+
+@bundle_app.command("verify")
+def bundle_verify(
+    path: Path = typer.Argument(..., help="bundle folder or .tar"),
+    public_key: Optional[Path] = typer.Option(None, help="trusted public key (default $EDGEKWS_HOME/keys/signing.pub)"),
+    embedded_key: bool = typer.Option(False, help="check integrity against the key inside the manifest only "
+                                                  "(does not prove who signed)"),
+) -> None:
+    """Check a bundle's signature, format version and every file's size and sha256; say exactly what is wrong."""
+    from edgekws.bundle import BundleError, describe, verify_bundle
+
+    try:
+        manifest = verify_bundle(path, public_key, trust_embedded_key=embedded_key)
+    except BundleError as exc:
+        console.print(f"[bold red]INVALID:[/] {exc}")
+        raise typer.Exit(1) from None
+    describe(manifest, lambda line: typer.echo(line))
+    typer.echo(f"OK: {path} is a valid bundle")
 
 
 @app.command()

@@ -85,7 +85,9 @@ def export_tflite(model: torch.nn.Module, path: str | os.PathLike, *, kind: str 
                 for c in cal:
                     prepared(torch.from_numpy(c[None]))
             converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
-            move_exported_model_to_eval(converted)
+            move_exported_model_to_eval(converted)  # quantized ops in eval form; the flag itself is not touched
+            for sub in converted.modules():
+                sub.training = False
             edge = litert_torch.convert(converted, (x,),
                                         quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
         content = edge.model_content()

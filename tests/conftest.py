@@ -8,8 +8,10 @@ SHARED_GSC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "g
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test writes its caches under a temporary folder, never the user's ~/.cache."""
+    """Every test writes its caches (and signing keys) under a temporary folder, never the user's ~/.cache or
+    ~/.config."""
     monkeypatch.setenv("EDGEKWS_CACHE", str(tmp_path_factory.getbasetemp() / "edgekws-cache"))
+    monkeypatch.setenv("EDGEKWS_HOME", str(tmp_path_factory.getbasetemp() / "edgekws-home"))
 
 
 @pytest.fixture
