@@ -32,6 +32,7 @@ class FinetuneConfig:
     lr: float = 0.01
     l2: float = 1e-3  # pull towards the starting head
     proto_weight: float = 3.0  # one labelled prototype counts as this many coreset samples
+    balance: bool = True  # equalise the total weight of every class (a new class may have many labels, old few)
     use_coreset: bool = True
     seed: int = 0
 
@@ -135,7 +136,12 @@ def _assemble(base_classes: Sequence[str], core_classes: Sequence[str], Zc: np.n
         parts_w.append(np.full(len(labels), cfg.proto_weight, np.float32))
     if not parts_Z:
         raise ValueError("nothing to train on: the bundle has no coreset and no clip is labelled")
-    return classes, np.concatenate(parts_Z), np.concatenate(parts_T), np.concatenate(parts_w)
+    Z, T, w = np.concatenate(parts_Z), np.concatenate(parts_T), np.concatenate(parts_w)
+    if cfg.balance:
+        mass = (w[:, None] * T).sum(0)
+        scale = np.where(mass > 0, mass[mass > 0].mean() / np.maximum(mass, 1e-12), 0.0)
+        w = w * (T @ scale)
+    return classes, Z, T, w
 
 
 def finetune(model: DeviceModel, store: LabelStore | None, state: Path, cfg: FinetuneConfig = FinetuneConfig(),

@@ -201,6 +201,7 @@ def collect(model, y: np.ndarray, store: LabelStore, clips_dir: str | Path, *, s
     segs = segment(y, fc.sample_rate, vad)
     wins = clip_windows(y, segs, fc.clip_samples)
     clips_dir = Path(clips_dir)
+    clips_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     if wins:
         x = window_features(y, wins, fc)

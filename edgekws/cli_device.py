@@ -230,6 +230,7 @@ def collect_cmd(
                 console.print(f"recording {seconds:.0f} s from {src.name}…")
                 y = np.concatenate(list(src))
             name = time.strftime("rec-%Y%m%d-%H%M%S.wav")
+            (sd / "recordings").mkdir(parents=True, exist_ok=True)
             save_wav(sd / "recordings" / name, y, fc.sample_rate)
             recordings.append((str(sd / "recordings" / name), y))
     except AudioSourceError as exc:

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgekws.features import FeatureConfig, fit_normalization, mfcc, normalize
 
-FIXTURE_VERSION = 4
+FIXTURE_VERSION = 5
 KEYWORDS = ("yes", "no", "stop")
 
 
@@ -147,7 +147,19 @@ def train_keyword_model(per_class: int = 60, epochs: int = 25, seed: int = 0):
             loss.backward()
             opt.step()
     model.eval()
-    return model, fc, classes
+    return model, fc, classes, (x.numpy()[:, 0], y)
+
+
+def write_coreset(x: np.ndarray, y: np.ndarray, classes, fc: FeatureConfig, path: Path, per_class: int = 15,
+                  seed: int = 0) -> Path:
+    """A small coreset artefact of real samples with one-hot labels (the format server/rfad.py writes)."""
+    from edgekws.server.rfad import Coreset, RFADConfig
+
+    rng = np.random.default_rng(seed)
+    idx = np.concatenate([rng.choice(np.flatnonzero(y == k), per_class, replace=False) for k in range(len(classes))])
+    onehot = np.eye(len(classes), dtype=np.float32)[y[idx]]
+    Coreset(x=x[idx], y=onehot, class_names=tuple(classes), feature_config=fc, config=RFADConfig()).save(path)
+    return path
 
 
 def keyword_bundle(root: Path | None = None) -> Path:
@@ -171,8 +183,9 @@ def keyword_bundle(root: Path | None = None) -> Path:
 def _build_keyword_bundle(root: Path, final: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))
     try:
-        model, fc, classes = train_keyword_model()
-        build_bundle(model, fc, classes, tmp / "bundle", key_root=root)
+        model, fc, classes, (x, y) = train_keyword_model()
+        core = write_coreset(x, y, classes, fc, tmp / "coreset.npz")
+        build_bundle(model, fc, classes, tmp / "bundle", key_root=root, coreset=core)
         try:
             os.rename(tmp / "bundle", final)
         except OSError:  # another worker won the race
