@@ -192,9 +192,6 @@ def test_finetune_adds_a_new_keyword_that_listen_then_detects(bundle, tmp_path):
     from edgekws.device.prototypes import window_features
     from edgekws.device.runtime import Detector, run_detector
     from edgekws.device.stream import ArraySource
-    from typer.testing import CliRunner
-
-    from edgekws.cli import app
 
     pub = bundle_public_key(bundle)
     info = open_bundle(bundle, pub)
