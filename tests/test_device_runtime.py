@@ -354,3 +354,36 @@ def test_microphone_without_input_device(monkeypatch):
     with pytest.raises(AudioSourceError) as ei:
         MicrophoneSource(device=987654)
     assert "--device" in str(ei.value) and "--wav" in str(ei.value)
+
+
+def test_tflite_backend_matches_torch_and_onnx(tmp_path):
+    torch = pytest.importorskip("torch")
+    from edgekws.export.tflite import tflite_unavailable_reason
+
+    reason = tflite_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    from edgekws.device.backend import TFLiteBackend
+    from edgekws.export.tflite import export_tflite
+    from edgekws.models import create_model
+
+    torch.manual_seed(1)
+    m = create_model("cnn4", n_classes=4, input_shape=(40, 48), widths=(8, 8, 8, 16)).eval()
+    x = np.random.default_rng(2).standard_normal((3, 1, 40, 48)).astype(np.float32)
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x)).numpy()
+        ref_emb = m.embed(torch.from_numpy(x)).numpy()
+    fp32 = export_tflite(m, tmp_path / "model.tflite")
+    be = open_backend(fp32, threads=1)
+    assert isinstance(be, TFLiteBackend) and be.model_input_shape[1:] == (1, 40, 48)
+    np.testing.assert_allclose(be.predict(x), ref, atol=1e-4)  # a batch of 3 through a batch-1 graph
+    emb = open_backend(export_tflite(m, tmp_path / "embedding.tflite", kind="embedding"))
+    np.testing.assert_allclose(emb.predict(x), ref_emb, atol=1e-4)
+    q = open_backend(export_tflite(m, tmp_path / "model.int8.tflite", int8=True, calibration=x[:, 0]))
+    got = q.predict(x)
+    assert got.shape == ref.shape and np.abs(got - ref).max() < 0.2 * (np.abs(ref).max() + 1)
+    with pytest.raises(BackendError, match="does not match"):
+        be.predict(np.zeros((1, 1, 40, 40), np.float32))
+    (tmp_path / "bad.tflite").write_bytes(b"nope")
+    with pytest.raises(BackendError, match="cannot load TFLite graph"):
+        open_backend(tmp_path / "bad.tflite")
