@@ -228,11 +228,16 @@ def export_bundle(
         if progress:
             progress({"event": "export", "done": len(jobs), "total": len(jobs), "graph": "done"})
 
-        primary_fmt = next(f for f in tgt.formats if f in wanted)
+        primary_fmt = tgt.formats[0]
         primary = GRAPH_FILES[("classifier", primary_fmt, tgt.precision)]
-        budget = {"model_budget_kb": tgt.model_budget_kb, "primary_graph": primary,
-                  "primary_graph_kb": round(files[primary].stat().st_size / 1024, 1)}
-        if tgt.model_budget_kb is not None:
+        budget: dict[str, Any] = {"model_budget_kb": tgt.model_budget_kb, "primary_graph": primary,
+                                  "primary_graph_kb": None, "fits": None}
+        if primary not in files:
+            if tgt.model_budget_kb is not None:
+                notes.append(f"size budget of {tgt.model_budget_kb} KB not checked: it applies to {primary}, "
+                             "which was not exported")
+        elif tgt.model_budget_kb is not None:
+            budget["primary_graph_kb"] = round(files[primary].stat().st_size / 1024, 1)
             budget["fits"] = budget["primary_graph_kb"] <= tgt.model_budget_kb
             if not budget["fits"]:
                 raise ValueError(f"{primary} is {budget['primary_graph_kb']} KB, over target {tgt.name}'s budget of "
@@ -260,7 +265,8 @@ def export_bundle(
                    "embedding_dim": int(model.embedding_dim)},
             graphs=graphs, private_key=private_key, metrics=metrics,
             extra={"target_profile": tgt.to_dict(), "skipped": skipped, "notes": notes,
-                   "recommended": {"format": primary_fmt, "precision": tgt.precision, "threads": tgt.threads},
+                   "recommended": {"format": primary_fmt if primary in files else "onnx", "precision": tgt.precision,
+                                   "threads": tgt.threads},
                    "exporter": {"onnx_opset": DEFAULT_OPSET, "versions": _versions()},
                    "graph_io": {"input": "mfcc", "classifier_output": "logits", "embedding_output": "embedding",
                                 "tflite_int8_io": "int8 input/output; scale and zero point in the graph"}},
