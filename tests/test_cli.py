@@ -87,6 +87,11 @@ def test_distill_on_custom_synthetic_keywords(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["coreset"]["size"] == 9 and metrics["model"] == "cnn4"
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    from edgekws.bundle import load_bundle
+
+    bundle = load_bundle(out / "bundle")  # signed with the key made under $EDGEKWS_HOME on first use
+    assert bundle.classes == classes and bundle.target == "rpi" and bundle.manifest["coreset"] == "coreset.npz"
+    assert bundle.graph_path("classifier", "onnx", "int8").is_file() and (out / "bundle.tar").is_file()
     for png in ("coreset.png", "distill_curves.png", "curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # look at it and listen to it
