@@ -23,6 +23,9 @@ app.add_typer(bundle_app, name="bundle")
 from edgekws.cli_device import register as _register_device_commands  # noqa: E402  (listen, device …)
 
 _register_device_commands(app)
+from edgekws.cli_ship import register as _register_ship_commands  # noqa: E402  (server serve, deploy, device update …)
+
+_register_ship_commands(app)
 console = Console(stderr=True)
 
 
@@ -167,6 +170,8 @@ def distill(
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     out: Optional[Path] = typer.Option(None, help="output folder (default runs/<target>)"),
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
+    publish: Optional[str] = typer.Option(None, "--publish", help="then publish the bundle to this registry URL"),
+    channel: str = typer.Option("stable", "--channel", help="--publish: release channel"),
 ) -> None:
     """Distil a dataset (the embedded synthetic keywords by default) into a coreset and train the target's model on it."""
     from edgekws.server.distributed import init_from_env
@@ -203,6 +208,10 @@ def distill(
     console.print(f"target {tgt.name}: {tgt.model}; wrote {out}/coreset.npz, model.pt, metrics.json in "
                   f"{time.perf_counter() - t0:.0f} s")
     _export_and_sign(out / "model.pt", tgt.name, out / "bundle", coreset=out / "coreset.npz", key=None)
+    if publish:
+        from edgekws.cli_ship import publish_bundle
+
+        publish_bundle(out / "bundle", publish, channel, target=tgt.name)
 
 
 def _export_and_sign(checkpoint: Path, target: str, out: Path, *, coreset: Optional[Path], key: Optional[Path],

@@ -1,0 +1,225 @@
+"""Shipping commands: ``edgekws server serve``, ``edgekws deploy`` and ``edgekws device update|rollback|installed``.
+
+Thin shells over :mod:`edgekws.server.registry` (server side) and :mod:`edgekws.device.update` (device side,
+torch-free). Imports are lazy so a device install never loads the server's dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+server_app = typer.Typer(no_args_is_help=True, help="Server side: the bundle registry devices update from.")
+console = Console(stderr=True)
+
+_KEY_HELP = "pinned signer public key (PEM file or key folder); default $EDGEKWS_HOME/keys/signing.pub"
+_ROOT_HELP = "install root (versions/, current, previous); default $EDGEKWS_DEVICE_HOME/bundles"
+_STATE_HELP = "device state root (local fine-tuned heads); default $EDGEKWS_DEVICE_HOME"
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False)
+    raise typer.Exit(2)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``server``, ``deploy`` and the updater's commands to the main app (``device`` group when present)."""
+    app.add_typer(server_app, name="server")
+    app.command("deploy")(deploy)
+    try:
+        from edgekws.cli_device import device_app
+    except ImportError:  # pragma: no cover - the device commands ship with edgekws; keep ours reachable anyway
+        device_app = typer.Typer(no_args_is_help=True, help="On the device: over-the-air updates.")
+        app.add_typer(device_app, name="device")
+    device_app.command("update")(device_update)
+    device_app.command("rollback")(device_rollback)
+    device_app.command("installed")(device_installed)
+
+
+# Server side -------------------------------------------------------------------------------------------------
+
+
+@server_app.command("serve")
+def serve_cmd(
+    root: Path = typer.Option(Path("registry"), "--root", help="storage folder (bundles, SQLite index)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
+    port: int = typer.Option(8710, "--port", min=0, max=65535, help="port (0: any free port)"),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="publish token file (default: "
+                                              "$EDGEKWS_REGISTRY_TOKEN, else $EDGEKWS_HOME/registry.token, "
+                                              "created on first use)"),
+    trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key", help="public key(s) uploads must be "
+                                                     "signed by; default $EDGEKWS_HOME/keys/signing.pub"),
+    channels: str = typer.Option("stable,beta", "--channels", help="comma-separated channel names"),
+    max_mb: float = typer.Option(128.0, "--max-mb", min=0.01, help="largest accepted bundle archive, MiB"),
+    log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level (info logs every request)"),
+) -> None:
+    """Serve the bundle registry: publish (token), list, show, download (ETag/Range), channels, device check-ins."""
+    from edgekws.bundle import default_key_dir
+    from edgekws.server.registry import RegistryConfig, resolve_server_token, serve
+
+    keys = list(trusted_key or [default_key_dir() / "signing.pub"])
+    for k in keys:
+        if not Path(k).exists():
+            _fail(f"trusted key {k} not found; pass --trusted-key or create one with `edgekws bundle keygen`")
+    try:
+        token, source = resolve_server_token(token_file)
+        cfg = RegistryConfig(root=root, tokens=(token,), trusted_keys=tuple(keys),
+                             channels=tuple(c.strip() for c in channels.split(",") if c.strip()),
+                             max_bundle_bytes=int(max_mb * (1 << 20)))
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+
+    def ready(url: str) -> None:
+        console.print(f"bundle registry on {url}  (root {root}, publish token from {source}; Ctrl-C stops)")
+        sys.stdout.write(f"{url}\n")
+        sys.stdout.flush()
+
+    try:
+        serve(cfg, host=host, port=port, log_level=log_level, on_ready=ready)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port} ({exc})")
+
+
+def publish_bundle(bundle: Path, server: str, channel: str = "stable", token: Optional[str] = None,
+                   target: Optional[str] = None) -> dict:
+    """Publish and print one line; exits with a clear message on refusal (shared by ``deploy`` and ``distill``)."""
+    from edgekws.bundle import BundleError
+    from edgekws.server.registry import RegistryError, publish
+
+    try:
+        info = publish(bundle, server, channel, token, target=target)
+    except (RegistryError, BundleError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    verb = "published" if info.get("created") else "already stored; released"
+    console.print(f"{verb} bundle {info['id']} (target {info['target']}, {info['size'] / 1024:.1f} KB, sha256 "
+                  f"{info['sha256'][:16]}…) on {server} channel {channel}")
+    return info
+
+
+def deploy(
+    bundle: Path = typer.Option(..., "--bundle", "-b", help="bundle folder or .tar"),
+    server: str = typer.Option(..., "--server", help="registry URL, e.g. http://127.0.0.1:8710"),
+    channel: str = typer.Option("stable", "--channel", help="release channel (stable, beta, …)"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="EDGEKWS_REGISTRY_TOKEN",
+                                        help="publish token (default $EDGEKWS_HOME/registry.token)"),
+    target: Optional[str] = typer.Option(None, "--target", help="refuse unless the bundle is for this target"),
+    as_json: bool = typer.Option(False, "--json", help="print the registry's answer as JSON"),
+) -> None:
+    """Publish a signed bundle to a registry channel; devices on that target and channel pick it up."""
+    info = publish_bundle(bundle, server, channel, token, target)
+    if as_json:
+        sys.stdout.write(json.dumps(info) + "\n")
+
+
+# Device side -------------------------------------------------------------------------------------------------
+
+
+def _progress_printer(quiet: bool):
+    state = {"last": -1}
+
+    def on_event(ev: dict) -> None:
+        if quiet:
+            return
+        kind = ev.get("event")
+        if kind == "check":
+            cur = ev.get("current") or "nothing"
+            console.print(f"newest release {ev['bundle']} ({ev['size'] / 1024:.1f} KB); installed: {cur}")
+        elif kind == "download":
+            pct = int(100 * ev["done"] / max(1, ev["total"]))
+            if pct // 25 != state["last"]:
+                state["last"] = pct // 25
+                extra = f" (resumed at byte {ev['resumed_from']})" if ev.get("resumed_from") else ""
+                console.print(f"  download {pct:3d} %{extra}")
+        elif kind in ("verified", "smoke", "switched"):
+            console.print(f"  {kind}")
+        elif kind == "state":
+            console.print(f"  local fine-tuned state: {ev['local_state']}")
+
+    return on_event
+
+
+def device_update(
+    server: str = typer.Option(..., "--server", help="registry URL"),
+    target: str = typer.Option("rpi", "--target", help="this device's target"),
+    channel: str = typer.Option("stable", "--channel"),
+    root: Optional[Path] = typer.Option(None, "--root", help=_ROOT_HELP),
+    public_key: Optional[Path] = typer.Option(None, "--public-key", help=_KEY_HELP),
+    state: Optional[Path] = typer.Option(None, "--state", help=_STATE_HELP),
+    device_id: Optional[str] = typer.Option(None, "--device-id", help="name in check-ins (default: made once)"),
+    fmt: str = typer.Option("onnx", "--format", help="graphs the smoke test runs: onnx or tflite"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 or int8"),
+    no_checkin: bool = typer.Option(False, "--no-checkin", help="do not report to the registry"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Install the newest bundle for this target and channel: resume, verify, smoke-test, switch atomically."""
+    from edgekws.device.update import UpdateConfig, UpdateError, update
+
+    try:
+        cfg = UpdateConfig(server=server, target=target, channel=channel, root=root, public_key=public_key,
+                           state_root=state, device_id=device_id, fmt=fmt, precision=precision,
+                           checkin=not no_checkin)
+        res = update(cfg, _progress_printer(as_json))
+    except (UpdateError, ValueError, FileNotFoundError, TypeError) as exc:
+        _fail(f"{exc} (the installed bundle stays in use)")
+    if as_json:
+        sys.stdout.write(json.dumps(res.to_dict()) + "\n")
+        return
+    if res.status == "up-to-date":
+        console.print(f"up to date: {res.bundle}")
+        return
+    got = f"{res.bytes_downloaded / 1024:.1f} KB downloaded" + (
+        f", resumed at byte {res.resumed_from}" if res.resumed_from else "")
+    console.print(f"installed {res.bundle} (was {res.previous or 'nothing'}); {got}; smoke test "
+                  f"{res.smoke.get('seconds', 0) * 1000:.0f} ms; local state {res.local_state}; check-in "
+                  f"{res.checkin}; {res.seconds:.2f} s")
+
+
+def device_rollback(
+    root: Optional[Path] = typer.Option(None, "--root", help=_ROOT_HELP),
+    to: Optional[str] = typer.Option(None, "--to", help="installed bundle id (default: the previous one)"),
+    public_key: Optional[Path] = typer.Option(None, "--public-key", help=_KEY_HELP),
+    state: Optional[Path] = typer.Option(None, "--state", help=_STATE_HELP),
+    server: Optional[str] = typer.Option(None, "--server", help="registry to report the rollback to"),
+    target: str = typer.Option("rpi", "--target", help="(with --server) this device's target"),
+    channel: str = typer.Option("stable", "--channel", help="(with --server) this device's channel"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Switch back to the previous installed bundle (verified and smoke-tested first)."""
+    from edgekws.device.update import UpdateConfig, UpdateError, rollback
+
+    try:
+        report = UpdateConfig(server=server, target=target, channel=channel, root=root) if server else None
+        res = rollback(root, public_key, to=to, state_root=state, checkin=report)
+    except (UpdateError, ValueError, FileNotFoundError, TypeError) as exc:
+        _fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(res.to_dict()) + "\n")
+        return
+    console.print(f"rolled back to {res.bundle} (from {res.previous}); local state {res.local_state}")
+
+
+def device_installed(
+    root: Optional[Path] = typer.Option(None, "--root", help=_ROOT_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Installed bundles, the one in use (*) and the previous one (rollback target)."""
+    from edgekws.device.update import status
+
+    st = status(root)
+    if as_json:
+        sys.stdout.write(json.dumps(st) + "\n")
+        return
+    if not st["versions"]:
+        sys.stdout.write(f"no bundle installed in {st['root']}\n")
+        return
+    for v in st["versions"]:
+        mark = "*" if v["id"] == st["current"] else ("<" if v["id"] == st["previous"] else " ")
+        sys.stdout.write(f"{mark} {v['id']}  target={v['target']}  model={v['model']}  "
+                         f"classes={len(v['classes'] or [])}  created={v['created_at']}\n")
+    if st["partial_downloads"]:
+        sys.stdout.write(f"partial downloads (resumed by the next update): {', '.join(st['partial_downloads'])}\n")

@@ -1,0 +1,781 @@
+"""Bundle registry: an HTTP service that stores signed bundles and serves them to devices.
+
+Storage under one folder (``root``)::
+
+    registry.sqlite      bundles (id, target, sizes, sha256, manifest), channel releases, device check-ins
+    blobs/<id>.tar       verified bundle archives; ``id`` = the first 16 hex digits of sha256(manifest.json),
+                         which is also the device's name for the bundle (``BundleInfo.identity``)
+    incoming/            uploads being received; a file is renamed into blobs/ only after the archive's
+                         signature (against a trusted key) and every file's sha256 have been checked
+
+HTTP API (JSON unless stated; every refusal is a 4xx with ``{"detail": "<what is wrong>"}``)::
+
+    GET  /healthz
+    GET  /v1/bundles[?target=&channel=&limit=]        stored bundles, newest first
+    POST /v1/bundles?channel=stable[&target=rpi]      publish; ``Authorization: Bearer <token>``; body: bundle .tar
+    GET  /v1/bundles/{id}                             metadata and the manifest
+    GET  /v1/bundles/{id}/manifest.json               the exact signed manifest bytes
+    GET  /v1/bundles/{id}/bundle.tar                  the archive: ETag (its sha256), Range / If-Range (206, 416),
+                                                      If-None-Match (304), X-Content-SHA256, Repr-Digest
+    GET  /v1/targets/{target}/channels/{channel}      the newest release of a channel (what devices poll)
+    PUT  /v1/targets/{target}/channels/{channel}      point a channel at a stored bundle (token); body {"bundle": id}
+    POST /v1/devices/{device_id}/checkin              a device reports what it runs: {target, channel, bundle, status}
+    GET  /v1/devices                                  the last check-in of every device (token)
+
+Channels are per target: publishing bundle B (target ``rpi``) to ``stable`` makes B the newest ``rpi``/``stable``
+release; promoting or rolling a channel back is a ``PUT`` of another stored id. Reads need no token (bundles are
+signed; devices check the signature against their pinned key); writes and the device list do.
+
+The client side of publishing (:func:`publish`) uses the standard library only.
+"""
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import socket
+import sqlite3
+import tarfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edgekws.bundle import BundleError, load_public_key, pack_bundle, verify_bundle
+from edgekws.fileio import atomic_open
+
+__all__ = [
+    "DEFAULT_CHANNELS",
+    "RegistryConfig",
+    "RegistryError",
+    "RegistryServer",
+    "create_app",
+    "default_token_path",
+    "publish",
+    "read_token",
+    "resolve_server_token",
+    "serve",
+]
+
+DEFAULT_CHANNELS = ("stable", "beta")
+DEFAULT_MAX_BUNDLE_BYTES = 128 << 20
+TOKEN_ENV = "EDGEKWS_REGISTRY_TOKEN"
+
+ID_RE = re.compile(r"^[0-9a-f]{16}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # targets and channels
+DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CHECKIN_STATUSES = ("installed", "up-to-date", "rolled-back", "failed", "running")
+_CHUNK = 64 * 1024
+
+
+class RegistryError(RuntimeError):
+    """A registry request failed; ``status`` is the HTTP status (0 when the server could not be reached)."""
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# Configuration and storage ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """What a registry serves and whom it trusts.
+
+    root: storage folder (created). tokens: bearer tokens allowed to publish, promote and list devices (none:
+    those requests are refused with 403). trusted_keys: ed25519 public keys (objects, PEM files, key folders); an
+    upload must be signed by one of them. max_bundle_bytes: largest accepted archive (413 above).
+    """
+
+    root: Path
+    tokens: tuple[str, ...] = ()
+    trusted_keys: tuple[Any, ...] = ()
+    channels: tuple[str, ...] = DEFAULT_CHANNELS
+    max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES
+    max_json_bytes: int = 16 * 1024
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+        if not self.trusted_keys:
+            raise ValueError("a registry needs at least one trusted public key (uploads must be signed by it)")
+        for ch in self.channels:
+            if not NAME_RE.match(ch):
+                raise ValueError(f"channel name {ch!r} must match {NAME_RE.pattern}")
+        if not self.channels:
+            raise ValueError("a registry needs at least one channel")
+        if self.max_bundle_bytes < 1024:
+            raise ValueError("max_bundle_bytes must be at least 1024")
+        for t in self.tokens:
+            if len(t) < 16:
+                raise ValueError("publish tokens must be at least 16 characters long")
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bundles (
+    id TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    published_at TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    manifest BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS releases (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    target TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    bundle_id TEXT NOT NULL REFERENCES bundles(id),
+    at TEXT NOT NULL,
+    how TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS releases_tc ON releases(target, channel, seq);
+CREATE TABLE IF NOT EXISTS checkins (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    bundle_id TEXT,
+    status TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at TEXT NOT NULL,
+    peer TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS checkins_dev ON checkins(device_id, seq);
+"""
+
+
+class _Store:
+    """SQLite + blob files. Every method opens its own connection (endpoints run in a thread pool)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.blobs = root / "blobs"
+        self.incoming = root / "incoming"
+        self.db = root / "registry.sqlite"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        for stale in self.incoming.iterdir():  # uploads cut short by a crash or kill
+            if stale.is_file() and stale.name.endswith(".part"):
+                stale.unlink(missing_ok=True)
+        with self.connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.db, timeout=30.0)
+        con.row_factory = sqlite3.Row
+        try:
+            with con:
+                yield con
+        finally:
+            con.close()
+
+    def blob(self, bundle_id: str) -> Path:
+        if not ID_RE.match(bundle_id):  # never build a path from an unchecked name
+            raise ValueError(f"invalid bundle id {bundle_id!r}")
+        return self.blobs / f"{bundle_id}.tar"
+
+    def bundle_row(self, con: sqlite3.Connection, bundle_id: str) -> sqlite3.Row | None:
+        return con.execute("SELECT * FROM bundles WHERE id = ?", (bundle_id,)).fetchone()
+
+    def channels_of(self, con: sqlite3.Connection, bundle_id: str) -> list[str]:
+        rows = con.execute(
+            "SELECT r.target, r.channel, r.bundle_id FROM releases r JOIN "
+            "(SELECT target, channel, MAX(seq) AS seq FROM releases GROUP BY target, channel) m ON r.seq = m.seq "
+            "WHERE r.bundle_id = ?", (bundle_id,)).fetchall()
+        return sorted(r["channel"] for r in rows)
+
+    def latest(self, con: sqlite3.Connection, target: str, channel: str) -> sqlite3.Row | None:
+        return con.execute("SELECT * FROM releases WHERE target = ? AND channel = ? ORDER BY seq DESC LIMIT 1",
+                           (target, channel)).fetchone()
+
+
+def _describe(store: _Store, con: sqlite3.Connection, row: sqlite3.Row, *, with_manifest: bool = False) -> dict:
+    m = json.loads(row["manifest"])
+    out = {
+        "id": row["id"],
+        "target": row["target"],
+        "created_at": row["created_at"],
+        "published_at": row["published_at"],
+        "size": row["size"],
+        "sha256": row["sha256"],
+        "key_id": row["key_id"],
+        "classes": m.get("classes", []),
+        "model": (m.get("model") or {}).get("name"),
+        "embedding_sha256": {k: m["files"][v]["sha256"] for k, v in (m.get("graphs") or {}).get("embedding", {}).items()
+                             if v in m.get("files", {})},
+        "channels": store.channels_of(con, row["id"]),
+        "url": f"/v1/bundles/{row['id']}/bundle.tar",
+    }
+    if with_manifest:
+        out["manifest"] = m
+    return out
+
+
+def _manifest_bytes(tar_path: Path) -> bytes:
+    """The exact ``manifest.json`` bytes of an archive that :func:`verify_bundle` has accepted."""
+    with tarfile.open(tar_path, mode="r:") as tf:
+        f = tf.extractfile("manifest.json")
+        if f is None:  # verified archives always hold it; keep the check for a clear message
+            raise BundleError(f"{tar_path}: manifest.json is not a regular file")
+        return f.read()
+
+
+def _verify_upload(path: Path, keys: Sequence[Any]) -> Any:
+    """Verify an uploaded archive against each trusted key; the first that matches wins."""
+    errors = []
+    for key in keys:
+        try:
+            return verify_bundle(path, key)
+        except BundleError as exc:
+            errors.append(str(exc))
+            if "wrong signature" not in str(exc):  # damaged or inconsistent: another key will not help
+                break
+    msg = errors[-1] if errors else "no trusted key"
+    raise BundleError(msg.replace(str(path), "upload"))
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# Range requests ---------------------------------------------------------------------------------------------
+
+
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """``(start, end_inclusive)`` of a single ``bytes=`` range, None for several ranges (served whole).
+
+    Raises ValueError("malformed") for a header that is not a byte range, and ValueError("unsatisfiable") when the
+    range lies outside ``size`` bytes.
+    """
+    h = header.strip()
+    if "," in h:
+        return None
+    m = _RANGE_RE.match(h)
+    if not m or (m.group(1) == "" and m.group(2) == ""):
+        raise ValueError("malformed")
+    a, b = m.group(1), m.group(2)
+    if a == "":  # suffix range: the last b bytes
+        n = int(b)
+        if n == 0 or size == 0:
+            raise ValueError("unsatisfiable")
+        return max(0, size - n), size - 1
+    start = int(a)
+    end = int(b) if b != "" else size - 1
+    if end < start:
+        raise ValueError("malformed")
+    if start >= size:
+        raise ValueError("unsatisfiable")
+    return start, min(end, size - 1)
+
+
+def _file_chunks(fh: Any, start: int, length: int) -> Iterator[bytes]:
+    try:
+        fh.seek(start)
+        left = length
+        while left > 0:
+            block = fh.read(min(_CHUNK, left))
+            if not block:
+                break
+            left -= len(block)
+            yield block
+    finally:
+        fh.close()
+
+
+# The application ---------------------------------------------------------------------------------------------
+
+
+def create_app(cfg: RegistryConfig) -> Any:
+    """The FastAPI application serving ``cfg.root``."""
+    from fastapi import Body, FastAPI, HTTPException, Query, Request, Response
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from pydantic import BaseModel, ConfigDict, Field
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
+
+    store = _Store(cfg.root)
+    keys = [load_public_key(k) for k in cfg.trusted_keys]
+    app = FastAPI(title="edgekws bundle registry", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.config = cfg
+    app.state.store = store
+
+    def bad(status: int, detail: str, headers: dict[str, str] | None = None) -> HTTPException:
+        return HTTPException(status_code=status, detail=detail, headers=headers)
+
+    def require_token(request: Request) -> None:
+        auth = request.headers.get("authorization")
+        if not auth:
+            raise bad(401, "missing token: send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise bad(401, "malformed Authorization header: expected 'Bearer <token>'",
+                      {"WWW-Authenticate": "Bearer"})
+        if not cfg.tokens:
+            raise bad(403, "this registry accepts no writes (it was started without a publish token)")
+        given = token.strip().encode()
+        if not any(hmac.compare_digest(given, t.encode()) for t in cfg.tokens):
+            raise bad(403, "invalid token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+    def check_name(kind: str, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise bad(400, f"invalid {kind} {value!r}: lower-case letters, digits, '-' and '_', at most 32")
+        return value
+
+    def check_channel(value: str) -> str:
+        check_name("channel", value)
+        if value not in cfg.channels:
+            raise bad(404, f"unknown channel {value!r}; this registry has: {', '.join(cfg.channels)}")
+        return value
+
+    def check_id(value: str) -> str:
+        if not ID_RE.match(value):
+            raise bad(400, f"invalid bundle id {value!r}: 16 lower-case hex digits")
+        return value
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:  # noqa: ARG001
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True, "channels": list(cfg.channels)}
+
+    @app.get("/v1/bundles")
+    def list_bundles(target: str | None = None, channel: str | None = None,
+                     limit: int = Query(100, ge=1, le=1000)) -> dict:
+        if target is not None:
+            check_name("target", target)
+        if channel is not None:
+            check_channel(channel)
+        with store.connect() as con:
+            if channel is not None:
+                sql = ("SELECT DISTINCT b.* FROM bundles b JOIN releases r ON r.bundle_id = b.id WHERE r.channel = ?"
+                       + (" AND b.target = ?" if target else "") + " ORDER BY b.published_at DESC LIMIT ?")
+                args: tuple = (channel, target, limit) if target else (channel, limit)
+            else:
+                sql = "SELECT * FROM bundles" + (" WHERE target = ?" if target else "") + \
+                      " ORDER BY published_at DESC LIMIT ?"
+                args = (target, limit) if target else (limit,)
+            rows = con.execute(sql, args).fetchall()
+            return {"bundles": [_describe(store, con, r) for r in rows]}
+
+    @app.get("/v1/bundles/{bundle_id}")
+    def show_bundle(bundle_id: str) -> dict:
+        check_id(bundle_id)
+        with store.connect() as con:
+            row = store.bundle_row(con, bundle_id)
+            if row is None:
+                raise bad(404, f"no bundle {bundle_id}")
+            return _describe(store, con, row, with_manifest=True)
+
+    @app.get("/v1/bundles/{bundle_id}/manifest.json")
+    def bundle_manifest(bundle_id: str) -> Response:
+        check_id(bundle_id)
+        with store.connect() as con:
+            row = store.bundle_row(con, bundle_id)
+        if row is None:
+            raise bad(404, f"no bundle {bundle_id}")
+        raw = bytes(row["manifest"])
+        return Response(raw, media_type="application/json",
+                        headers={"ETag": f'"{hashlib.sha256(raw).hexdigest()}"',
+                                 "Cache-Control": "public, max-age=31536000, immutable"})
+
+    @app.api_route("/v1/bundles/{bundle_id}/bundle.tar", methods=["GET", "HEAD"])
+    def download(bundle_id: str, request: Request) -> Response:
+        check_id(bundle_id)
+        with store.connect() as con:
+            row = store.bundle_row(con, bundle_id)
+        if row is None:
+            raise bad(404, f"no bundle {bundle_id}")
+        path = store.blob(bundle_id)
+        size, digest = int(row["size"]), str(row["sha256"])
+        etag = f'"{digest}"'
+        headers = {
+            "ETag": etag,
+            "Accept-Ranges": "bytes",
+            "X-Content-SHA256": digest,
+            "Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(digest)).decode()}:",
+            "Cache-Control": "public, max-age=31536000, immutable",
+            "Content-Disposition": f'attachment; filename="{bundle_id}.tar"',
+        }
+        inm = request.headers.get("if-none-match")
+        if inm is not None and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
+            return Response(status_code=304, headers=headers)
+        start, end, status = 0, size - 1, 200
+        rng = request.headers.get("range")
+        if_range = request.headers.get("if-range")
+        if rng is not None and (if_range is None or if_range.strip() == etag):
+            try:
+                parsed = parse_range(rng, size)
+            except ValueError as exc:
+                if str(exc) == "unsatisfiable":
+                    raise bad(416, f"range {rng!r} is outside the {size}-byte archive",
+                              {"Content-Range": f"bytes */{size}", **headers}) from None
+                raise bad(400, f"malformed Range header {rng!r}: expected 'bytes=START-[END]' or 'bytes=-N'") \
+                    from None
+            if parsed is not None:
+                start, end = parsed
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        length = end - start + 1 if size else 0
+        headers["Content-Length"] = str(length)
+        if request.method == "HEAD":
+            return Response(status_code=status, headers=headers, media_type="application/x-tar")
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed by _file_chunks
+        except FileNotFoundError:
+            raise bad(410, f"bundle {bundle_id} is registered but its archive is missing on the server") from None
+        return StreamingResponse(_file_chunks(fh, start, length), status_code=status, headers=headers,
+                                 media_type="application/x-tar")
+
+    @app.post("/v1/bundles", status_code=201)
+    async def publish_bundle(request: Request, channel: str = Query(...), target: str | None = None) -> Response:
+        require_token(request)
+        check_channel(channel)
+        if target is not None:
+            check_name("target", target)
+        ctype = (request.headers.get("content-type") or "application/x-tar").split(";")[0].strip().lower()
+        if ctype not in ("application/x-tar", "application/octet-stream"):
+            raise bad(415, f"upload the bundle .tar as application/x-tar (got {ctype})")
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise bad(400, f"invalid Content-Length {declared!r}")
+            if int(declared) > cfg.max_bundle_bytes:
+                raise bad(413, f"bundle of {int(declared)} bytes exceeds this registry's limit of "
+                               f"{cfg.max_bundle_bytes} bytes")
+        tmp = store.incoming / f"{uuid.uuid4().hex}.part"
+        h = hashlib.sha256()
+        n = 0
+        try:
+            with open(tmp, "wb") as fh:
+                try:
+                    async for chunk in request.stream():
+                        n += len(chunk)
+                        if n > cfg.max_bundle_bytes:
+                            raise bad(413, f"bundle exceeds this registry's limit of {cfg.max_bundle_bytes} bytes")
+                        h.update(chunk)
+                        fh.write(chunk)
+                except ClientDisconnect:
+                    raise bad(400, f"upload cut short after {n} bytes") from None
+                fh.flush()
+                os.fsync(fh.fileno())
+            if n == 0:
+                raise bad(400, "empty upload: send the bundle .tar as the request body")
+            if declared is not None and int(declared) != n:
+                raise bad(400, f"upload has {n} bytes, Content-Length said {declared}")
+            result = await run_in_threadpool(_accept, tmp, h.hexdigest(), n, channel, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        status, body = result
+        return JSONResponse(body, status_code=status)
+
+    def _accept(tmp: Path, digest: str, size: int, channel: str, target: str | None) -> tuple[int, dict]:
+        try:
+            manifest = _verify_upload(tmp, keys)
+        except BundleError as exc:
+            raise bad(422, f"bundle refused: {exc}") from None
+        if target is not None and manifest.target != target:
+            raise bad(409, f"the bundle is for target {manifest.target!r}, not {target!r}")
+        if not NAME_RE.match(manifest.target):
+            raise bad(422, f"bundle target {manifest.target!r} is not a valid target name")
+        raw = _manifest_bytes(tmp)
+        bundle_id = hashlib.sha256(raw).hexdigest()[:16]
+        dest = store.blob(bundle_id)
+        now = _now()
+        with store.connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            row = store.bundle_row(con, bundle_id)
+            created = row is None or not dest.is_file()
+            if created:
+                os.replace(tmp, dest)
+                _fsync_dir(store.blobs)
+                con.execute("INSERT OR REPLACE INTO bundles VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (bundle_id, manifest.target, str(manifest.get("created_at", "")), now, size, digest,
+                             manifest.key_id, raw))
+            last = store.latest(con, manifest.target, channel)
+            if last is None or last["bundle_id"] != bundle_id:
+                con.execute("INSERT INTO releases (target, channel, bundle_id, at, how) VALUES (?, ?, ?, ?, ?)",
+                            (manifest.target, channel, bundle_id, now, "publish"))
+            body = _describe(store, con, store.bundle_row(con, bundle_id))
+        body["created"] = created
+        return (201 if created else 200), body
+
+    @app.get("/v1/targets/{target}/channels/{channel}")
+    def channel_latest(target: str, channel: str) -> dict:
+        check_name("target", target)
+        check_channel(channel)
+        with store.connect() as con:
+            rel = store.latest(con, target, channel)
+            if rel is None:
+                raise bad(404, f"nothing published for target {target!r} on channel {channel!r}")
+            body = _describe(store, con, store.bundle_row(con, rel["bundle_id"]))
+        body.update(channel=channel, released_at=rel["at"], release=rel["seq"])
+        return body
+
+    class Promote(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        bundle: str = Field(pattern=ID_RE.pattern)
+
+    @app.put("/v1/targets/{target}/channels/{channel}")
+    def channel_set(target: str, channel: str, request: Request, body: Promote = Body(...)) -> dict:
+        require_token(request)
+        check_name("target", target)
+        check_channel(channel)
+        with store.connect() as con:
+            row = store.bundle_row(con, body.bundle)
+            if row is None:
+                raise bad(404, f"no bundle {body.bundle}")
+            if row["target"] != target:
+                raise bad(409, f"bundle {body.bundle} is for target {row['target']!r}, not {target!r}")
+            con.execute("INSERT INTO releases (target, channel, bundle_id, at, how) VALUES (?, ?, ?, ?, ?)",
+                        (target, channel, body.bundle, _now(), "set"))
+            out = _describe(store, con, row)
+        out["channel"] = channel
+        return out
+
+    class Checkin(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        target: str = Field(pattern=NAME_RE.pattern)
+        channel: str = Field(pattern=NAME_RE.pattern)
+        bundle: str | None = Field(default=None, pattern=ID_RE.pattern)
+        status: str = Field(pattern="^(" + "|".join(CHECKIN_STATUSES) + ")$")
+        detail: str = Field(default="", max_length=1000)
+
+    @app.post("/v1/devices/{device_id}/checkin", status_code=201)
+    def checkin(device_id: str, request: Request, body: Checkin = Body(...)) -> dict:
+        if not DEVICE_RE.match(device_id):
+            raise bad(400, f"invalid device id {device_id!r}: letters, digits, '.', '_' and '-', at most 64")
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > cfg.max_json_bytes:
+            raise bad(413, "check-in body too large")
+        check_channel(body.channel)
+        with store.connect() as con:
+            if body.bundle is not None and store.bundle_row(con, body.bundle) is None and body.status != "failed":
+                raise bad(404, f"no bundle {body.bundle} in this registry")
+            at = _now()
+            peer = request.client.host if request.client else ""
+            con.execute("INSERT INTO checkins (device_id, target, channel, bundle_id, status, detail, at, peer) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (device_id, body.target, body.channel, body.bundle, body.status, body.detail, at, peer))
+        return {"device_id": device_id, "recorded_at": at}
+
+    @app.get("/v1/devices")
+    def devices(request: Request) -> dict:
+        require_token(request)
+        with store.connect() as con:
+            rows = con.execute(
+                "SELECT c.* FROM checkins c JOIN (SELECT device_id, MAX(seq) AS seq FROM checkins GROUP BY device_id) m "
+                "ON c.seq = m.seq ORDER BY c.device_id").fetchall()
+        return {"devices": [{"device_id": r["device_id"], "target": r["target"], "channel": r["channel"],
+                             "bundle": r["bundle_id"], "status": r["status"], "detail": r["detail"], "at": r["at"]}
+                            for r in rows]}
+
+    return app
+
+
+# Running it ----------------------------------------------------------------------------------------------------
+
+
+def default_token_path() -> Path:
+    from edgekws.bundle import edgekws_home
+
+    return edgekws_home() / "registry.token"
+
+
+def read_token(path: str | os.PathLike) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"token file not found: {p}")
+    token = p.read_text().strip()
+    if not token:
+        raise ValueError(f"token file {p} is empty")
+    return token
+
+
+def resolve_server_token(token_file: str | os.PathLike | None = None, *, create: bool = True) -> tuple[str, str]:
+    """The publish token a server uses, and where it came from.
+
+    Order: ``token_file``; ``$EDGEKWS_REGISTRY_TOKEN``; ``$EDGEKWS_HOME/registry.token``, created (mode 0600, 32
+    random bytes) when ``create`` and absent, so ``edgekws deploy`` on the same machine finds it.
+    """
+    if token_file is not None:
+        return read_token(token_file), str(token_file)
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}"
+    p = default_token_path()
+    if p.is_file():
+        return read_token(p), str(p)
+    if not create:
+        raise FileNotFoundError(f"no publish token: pass --token-file, set ${TOKEN_ENV} or create {p}")
+    token = secrets.token_urlsafe(32)
+    with atomic_open(p, "wb") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write((token + "\n").encode())
+    return token, f"{p} (new)"
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _uvicorn_server(cfg: RegistryConfig, log_level: str) -> Any:
+    import uvicorn
+
+    ucfg = uvicorn.Config(create_app(cfg), log_level=log_level, access_log=log_level == "debug",
+                          timeout_keep_alive=5, lifespan="off")
+    return uvicorn.Server(ucfg)
+
+
+def serve(cfg: RegistryConfig, host: str = "127.0.0.1", port: int = 8710, *, log_level: str = "warning",
+          on_ready: Callable[[str], None] | None = None) -> None:
+    """Run the registry until interrupted. ``port=0`` picks a free port; ``on_ready(url)`` is called once bound."""
+    sock = _bind(host, port)
+    server = _uvicorn_server(cfg, log_level)
+    if on_ready is not None:
+        on_ready(_url(sock))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+@dataclass
+class RegistryServer:
+    """A registry in a background thread (tests, benchmarks): ``with RegistryServer(cfg) as srv: srv.url``."""
+
+    config: RegistryConfig
+    host: str = "127.0.0.1"
+    port: int = 0
+    log_level: str = "warning"
+    url: str = ""
+    _server: Any = field(default=None, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+    _sock: socket.socket | None = field(default=None, repr=False)
+
+    def start(self, timeout: float = 20.0) -> "RegistryServer":
+        self._sock = _bind(self.host, self.port)
+        self.url = _url(self._sock)
+        self._server = _uvicorn_server(self.config, self.log_level)
+        self._server.install_signal_handlers = lambda: None  # not the main thread
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
+                                        name="edgekws-registry", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the registry server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._sock is not None:
+            self._sock.close()
+
+    def __enter__(self) -> "RegistryServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+# Client: publishing ----------------------------------------------------------------------------------------------
+
+
+def _check_url(server: str) -> str:
+    u = urllib.parse.urlsplit(server)
+    if u.scheme not in ("http", "https") or not u.netloc:
+        raise RegistryError(f"server URL must look like http://HOST:PORT, got {server!r}")
+    return server.rstrip("/")
+
+
+def _error_detail(exc: urllib.error.HTTPError) -> str:
+    try:
+        body = exc.read(4096)
+        detail = json.loads(body).get("detail")
+        if isinstance(detail, list):  # FastAPI validation errors
+            detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail)
+        return str(detail)
+    except Exception:  # noqa: BLE001 - any non-JSON body
+        return exc.reason if isinstance(exc.reason, str) else str(exc)
+
+
+def publish(bundle: str | os.PathLike, server: str, channel: str = "stable", token: str | None = None, *,
+            target: str | None = None, timeout: float = 120.0) -> dict:
+    """Upload a bundle (directory or ``.tar``) to a registry's ``channel``; return the registry's description.
+
+    A directory is verified (integrity) and packed into a temporary tar first. Raises :class:`RegistryError`
+    with the server's reason on any refusal, :class:`BundleError` for a damaged local bundle.
+    """
+    import tempfile
+
+    base = _check_url(server)
+    if not NAME_RE.match(channel):
+        raise RegistryError(f"invalid channel name {channel!r}")
+    src = Path(bundle)
+    if not src.exists():
+        raise FileNotFoundError(f"no bundle at {src}")
+    if token is None:
+        token = os.environ.get(TOKEN_ENV) or (read_token(default_token_path())
+                                              if default_token_path().is_file() else None)
+    if not token:
+        raise RegistryError(f"no publish token: pass one, set ${TOKEN_ENV} or put it in {default_token_path()}")
+    with tempfile.TemporaryDirectory(prefix="edgekws-publish-") as tmp:
+        tar = src if src.is_file() else pack_bundle(src, Path(tmp) / "bundle.tar")
+        query = {"channel": channel, **({"target": target} if target else {})}
+        url = f"{base}/v1/bundles?{urllib.parse.urlencode(query)}"
+        size = tar.stat().st_size
+        with open(tar, "rb") as fh:
+            req = urllib.request.Request(url, data=fh, method="POST", headers={
+                "Content-Type": "application/x-tar", "Content-Length": str(size),
+                "Authorization": f"Bearer {token}"})
+            try:
+                with urllib.request.urlopen(req, timeout=timeout) as resp:
+                    return json.loads(resp.read())
+            except urllib.error.HTTPError as exc:
+                raise RegistryError(f"{server} refused the bundle ({exc.code}): {_error_detail(exc)}",
+                                    exc.code) from None
+            except (urllib.error.URLError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise RegistryError(f"cannot reach {server}: {reason}") from None
