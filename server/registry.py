@@ -286,11 +286,11 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
             raise ValueError("unsatisfiable")
         return max(0, size - n), size - 1
     start = int(a)
-    end = int(b) if b != "" else size - 1
-    if end < start:
+    if b != "" and int(b) < start:
         raise ValueError("malformed")
     if start >= size:
         raise ValueError("unsatisfiable")
+    end = int(b) if b != "" else size - 1
     return start, min(end, size - 1)
 
 
