@@ -76,7 +76,7 @@ ID_RE = re.compile(r"^[0-9a-f]{16}$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # targets and channels
 DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CHECKIN_STATUSES = ("installed", "up-to-date", "rolled-back", "failed", "running")
-_CHUNK = 64 * 1024
+_CHUNK = 512 * 1024  # per read of a download; each read is one hop to the thread pool
 
 
 class RegistryError(RuntimeError):
