@@ -236,8 +236,9 @@ def export_bundle(
             if tgt.model_budget_kb is not None:
                 notes.append(f"size budget of {tgt.model_budget_kb} KB not checked: it applies to {primary}, "
                              "which was not exported")
-        elif tgt.model_budget_kb is not None:
+        else:
             budget["primary_graph_kb"] = round(files[primary].stat().st_size / 1024, 1)
+        if budget["primary_graph_kb"] is not None and tgt.model_budget_kb is not None:
             budget["fits"] = budget["primary_graph_kb"] <= tgt.model_budget_kb
             if not budget["fits"]:
                 raise ValueError(f"{primary} is {budget['primary_graph_kb']} KB, over target {tgt.name}'s budget of "
