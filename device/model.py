@@ -126,10 +126,13 @@ def open_bundle(path: str | os.PathLike, public_key: Any = None, *, trust_embedd
 def state_dir_for(bundle: BundleInfo, root: str | os.PathLike | None = None) -> Path:
     """Where the device keeps labels, clips and fine-tuned heads for ``bundle``.
 
-    ``root`` (or ``$EDGEKWS_DEVICE_HOME``, default ``~/.local/share/edgekws/device``) / ``<bundle identity>``.
+    ``root`` / ``<bundle identity>``; ``root`` defaults to ``$EDGEKWS_DEVICE_HOME``, else ``$EDGEKWS_HOME/device``,
+    else ``~/.local/share/edgekws/device``.
     """
     if root is None:
-        root = os.environ.get("EDGEKWS_DEVICE_HOME") or Path.home() / ".local" / "share" / "edgekws" / "device"
+        root = os.environ.get("EDGEKWS_DEVICE_HOME") or (
+            Path(os.environ["EDGEKWS_HOME"]) / "device" if os.environ.get("EDGEKWS_HOME")
+            else Path.home() / ".local" / "share" / "edgekws" / "device")
     d = Path(root) / bundle.identity
     d.mkdir(parents=True, exist_ok=True)
     return d
@@ -226,8 +229,11 @@ class DeviceModel:
     classes: tuple[str, ...] = ()
     _classifier: Any = None
     _embedder: Any = None
+    calibrate: bool = False
+    temperature: float = 1.0
     _head: tuple[np.ndarray, np.ndarray] | None = None
     _version_mtime: float = field(default=-1.0, repr=False)
+    _bundle_temperature: float | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.classes = self.bundle.classes
@@ -250,9 +256,13 @@ class DeviceModel:
             self.classes = self.bundle.classes
             if self._classifier is None:
                 self._classifier = self._open("classifier")
+            if self.calibrate and self._bundle_temperature is None:
+                self._bundle_temperature = self._cached_temperature()
+            self.temperature = self._bundle_temperature or 1.0
         else:
             W, b, classes = load_version(self.state, name)
             self._head = (W, b)
+            self.temperature = 1.0  # local heads are trained with cross-entropy: calibrated as they are
             self.classes = classes
         self.version = name
         return True
@@ -267,6 +277,53 @@ class DeviceModel:
         if self._embedder is None:
             self._embedder = self._open("embedding")
         return self._embedder.predict(x)
+
+    def _cached_temperature(self) -> float:
+        """:meth:`fit_temperature`, remembered per graph in the state directory (so a restart skips it)."""
+        key = f"{self.fmt}_{self.precision}"
+        path = self.state / "temperature.json" if self.state is not None else None
+        if path is not None and path.is_file():
+            try:
+                cached = json.loads(path.read_text())
+                if key in cached:
+                    return float(cached[key])
+            except (OSError, ValueError):
+                pass  # rewritten below
+        T = self.fit_temperature()
+        if path is not None:
+            try:
+                cached = json.loads(path.read_text()) if path.is_file() else {}
+            except (OSError, ValueError):
+                cached = {}
+            atomic_write_json(path, {**cached, key: T})
+        return T
+
+    def fit_temperature(self, per_class: int = 20) -> float:
+        """Softmax temperature of the bundle's classifier, fitted on its coreset (1.0 without a coreset).
+
+        A model trained on soft labels with MSE (the distillation recipe) outputs logits of small range, so its
+        softmax is nearly flat; thresholds mean the same thing for every model once the temperature minimising the
+        coreset's negative log-likelihood divides the logits.
+        """
+        path = self.bundle.coreset_path
+        if path is None:
+            return 1.0
+        x, y, _, _ = read_coreset(path)
+        labels = np.argmax(y, axis=1)
+        rng = np.random.default_rng(0)
+        idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)])
+        xs = x[idx][:, None]
+        del x, y
+        z = np.concatenate([self._classifier.predict(xs[i : i + 1]) for i in range(len(xs))]).astype(np.float64)
+        t = labels[idx]
+        best, best_nll = 1.0, np.inf
+        for T in np.logspace(-3, 1, 41):
+            s = z / T
+            s -= s.max(axis=1, keepdims=True)
+            nll = float(np.mean(np.log(np.exp(s).sum(axis=1)) - s[np.arange(len(t)), t]))
+            if nll < best_nll:
+                best, best_nll = float(T), nll
+        return best
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         if self._head is not None:

@@ -207,7 +207,7 @@ def collect(model, y: np.ndarray, store: LabelStore, clips_dir: str | Path, *, s
         x = window_features(y, wins, fc)
         emb = model.embed(x)
         lg = model.logits(x)
-        mg = margins(lg)
+        mg = margins(lg / float(getattr(model, "temperature", 1.0) or 1.0))
         names = model.classes
         stem = Path(source).stem or "audio"
         base = len(store.clips())

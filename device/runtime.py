@@ -3,9 +3,12 @@
 Audio enters in blocks of any size. :class:`~edgekws.features.StreamingMFCC` computes the MFCC of *new* frames
 only; they go into a ring buffer holding one model window (``feature_config.n_frames`` frames). Every
 ``hop_frames`` new frames, once the buffer is full, the window is normalised exactly as the server normalised its
-training clips, the model gives logits, and the posteriors (softmax) are averaged over the last ``smooth`` inferences.
-A keyword fires when its smoothed posterior is the largest, reaches its threshold, and no detection happened in the
-last ``refractory_s`` seconds. Classes whose names start with ``_`` (``_silence_``, ``_unknown_``) never fire.
+training clips, the model gives logits, and the posteriors (softmax) are averaged over the last ``smooth`` inferences
+(the logits are divided by ``model.temperature`` first, see :meth:`DeviceModel.fit_temperature`).
+A keyword fires when its smoothed posterior is the largest, reaches its threshold, the window holds sound at least
+``gate_db`` above the recent noise floor (a model without a background class still names a word for silence), and
+no detection happened in the last ``refractory_s`` seconds. A keyword that fired fires again only after its smoothed
+posterior fell below its threshold (one utterance stays in the window for up to a second: one detection). Classes whose names start with ``_`` (``_silence_``, ``_unknown_``) never fire.
 
 Window ``i`` (0-based) covers stream frames ``[i * hop_frames, i * hop_frames + n_frames)``, i.e. samples
 ``[i * hop_frames * hop_length, ... + clip_samples)``: :func:`offline_windows` cuts the same windows from a whole
@@ -42,6 +45,8 @@ class DetectorConfig:
     threshold: float = 0.6
     thresholds: Mapping[str, float] = field(default_factory=dict)
     refractory_s: float = 1.0
+    gate_db: float = 10.0  # fire only when the window's loudest frame is this far above the noise floor (0 = off)
+    floor_s: float = 5.0  # the noise floor is the 10th percentile of frame levels over this much recent audio
 
     def __post_init__(self) -> None:
         if self.hop_ms <= 0:
@@ -53,6 +58,8 @@ class DetectorConfig:
                 raise ValueError(f"threshold for {k!r} must be in [0, 1], got {v}")
         if self.refractory_s < 0:
             raise ValueError("refractory_s must be >= 0")
+        if self.gate_db < 0 or self.floor_s <= 0:
+            raise ValueError("gate_db must be >= 0 and floor_s > 0")
 
     def hop_frames(self, fc: FeatureConfig) -> int:
         return max(1, round(self.hop_ms / fc.hop_ms))
@@ -114,7 +121,7 @@ class Detector:
         self._since = 0  # frames since the last inference
         self._history: deque[np.ndarray] = deque(maxlen=self.cfg.smooth)
         self._last_fire = -math.inf
-        self._energy: deque[float] = deque(maxlen=self.hop)
+        self._levels: deque[float] = deque(maxlen=max(T, round(self.cfg.floor_s * 1000 / self.fc.hop_ms)))
         self.samples_seen = 0
         self._set_classes(tuple(model.classes))
 
@@ -122,6 +129,7 @@ class Detector:
         self.classes = classes
         self._thr = np.array([float(self.cfg.thresholds.get(c, self.cfg.threshold)) for c in classes], np.float32)
         self._fires = np.array([not c.startswith("_") for c in classes], bool)
+        self._armed = np.ones(len(classes), bool)
         self._history.clear()
 
     def reset(self) -> None:
@@ -129,8 +137,9 @@ class Detector:
         self._ring[:] = 0
         self._frames = self._since = self.samples_seen = 0
         self._history.clear()
-        self._energy.clear()
+        self._levels.clear()
         self._last_fire = -math.inf
+        self._armed[:] = True
 
     def model_changed(self) -> None:
         """Call after the model switched version (classes may differ)."""
@@ -161,7 +170,7 @@ class Detector:
             self._frames += 1
             self._since += 1
             # c0 of the orthonormal DCT is proportional to the mean log-mel energy: a cheap level estimate.
-            self._energy.append(float(f[0]) / math.sqrt(self.fc.n_mels))
+            self._levels.append(float(f[0]) / math.sqrt(self.fc.n_mels))
             if self._frames >= T and (self._frames == T or self._since >= self.hop):
                 self._since = 0
                 first = self._frames - T
@@ -175,14 +184,20 @@ class Detector:
     def _decide(self, logits: np.ndarray, start: float, end: float) -> Update:
         if logits.shape[0] != len(self.classes):
             self._set_classes(tuple(self.model.classes))
-        probs = softmax(logits)
+        probs = softmax(logits / float(getattr(self.model, "temperature", 1.0) or 1.0))
         self._history.append(probs)
         smooth = np.mean(np.stack(self._history), axis=0)
-        level = max(self._energy) if self._energy else -100.0
+        levels = np.fromiter(self._levels, dtype=np.float64)
+        T = self.fc.n_frames
+        level = float(levels[-self.hop :].max()) if levels.size else -100.0
+        loud = self.cfg.gate_db <= 0 or float(levels[-T:].max()) - float(np.percentile(levels, 10)) >= self.cfg.gate_db
         upd = Update(time=end, level_db=level, logits=logits, probs=smooth)
         k = int(np.argmax(smooth))
-        if self._fires[k] and smooth[k] >= self._thr[k] and end - self._last_fire >= self.cfg.refractory_s:
+        self._armed |= (smooth < self._thr) | (not loud)
+        if (self._fires[k] and loud and smooth[k] >= self._thr[k] and self._armed[k]
+                and end - self._last_fire >= self.cfg.refractory_s):
             self._last_fire = end
+            self._armed[k] = False
             upd.detection = Detection(time=end, keyword=self.classes[k], score=float(smooth[k]), start=start)
         return upd
 

@@ -43,19 +43,19 @@ _KEY_HELP = "signer's public key (PEM file or key folder); default $EDGEKWS_HOME
 _EMBEDDED_HELP = "check integrity against the key inside the manifest (does not prove who signed it)"
 
 
-def _open_model(bundle: Path, fmt: str, precision: str, threads: int, state: Path | None, use_local: bool,
-                public_key: Path | None = None, embedded_key: bool = False):
-    from edgekws.device.model import (
-        DeviceModel,
-        DeviceModelError,
-        open_bundle,
-        state_dir_for,
-    )
+def _open_model(bundle: Path, fmt: str | None, precision: str | None, threads: int, state: Path | None,
+                use_local: bool, public_key: Path | None = None, embedded_key: bool = False, calibrate: bool = True):
+    from edgekws.device.model import DeviceModel, DeviceModelError, open_bundle, state_dir_for
 
     try:
         info = open_bundle(bundle, public_key, trust_embedded_key=embedded_key)
+        rec = info.manifest.get("recommended") or {}
+        if fmt is None:
+            fmt = str(rec.get("format", "onnx"))
+        if precision is None:
+            precision = str(rec.get("precision", "fp32")) if fmt == rec.get("format", fmt) else "fp32"
         sd = state_dir_for(info, state) if use_local else None
-        return DeviceModel(info, fmt=fmt, precision=precision, threads=threads, state=sd)
+        return DeviceModel(info, fmt=fmt, precision=precision, threads=threads, state=sd, calibrate=calibrate)
     except DeviceModelError as exc:
         _fail(str(exc))
 
@@ -80,14 +80,17 @@ def listen(
     rate: int | None = typer.Option(None, "--rate", help="capture rate in Hz (resampled to the model's)"),
     realtime: bool = typer.Option(False, "--realtime/--fast", help="--wav: pace the file in real time"),
     as_json: bool = typer.Option(False, "--json", help="print detections as JSON lines on stdout"),
-    fmt: str = typer.Option("onnx", "--format", help="onnx or tflite"),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 or int8"),
+    fmt: str | None = typer.Option(None, "--format", help="onnx or tflite (default: the bundle's recommendation)"),
+    precision: str | None = typer.Option(None, "--precision", help="fp32 or int8 (default: as recommended)"),
     threads: int = typer.Option(1, "--threads", min=1),
     threshold: float = typer.Option(0.6, "--threshold", min=0.0, max=1.0, help="default posterior threshold"),
     thresholds: str | None = typer.Option(None, "--thresholds", help="per keyword, e.g. 'yes=0.7,stop=0.5'"),
     hop_ms: float = typer.Option(100.0, "--hop-ms", help="inference every this many ms"),
     smooth: int = typer.Option(3, "--smooth", min=1, help="average posteriors over this many hops"),
     refractory: float = typer.Option(1.0, "--refractory", min=0.0, help="seconds without a second detection"),
+    gate_db: float = typer.Option(10.0, "--gate-db", min=0.0, help="fire only this far above the noise floor"),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
+                                   help="fit the softmax temperature on the bundle's coreset"),
     seconds: float | None = typer.Option(None, "--seconds", help="stop after this much audio"),
     state: Path | None = typer.Option(None, "--state", help="device state directory (local model versions)"),
     local: bool = typer.Option(True, "--local/--bundle-only", help="use the newest locally fine-tuned version"),
@@ -98,10 +101,10 @@ def listen(
     from edgekws.device.runtime import Detector, DetectorConfig
     from edgekws.device.stream import AudioSourceError, open_source
 
-    model = _open_model(bundle, fmt, precision, threads, state, local, public_key, embedded_key)
+    model = _open_model(bundle, fmt, precision, threads, state, local, public_key, embedded_key, calibrate)
     try:
-        dcfg = DetectorConfig(hop_ms=hop_ms, smooth=smooth, threshold=threshold,
-                              thresholds=_thresholds(thresholds), refractory_s=refractory)
+        dcfg = DetectorConfig(hop_ms=hop_ms, smooth=smooth, threshold=threshold, thresholds=_thresholds(thresholds),
+                              refractory_s=refractory, gate_db=gate_db)
     except ValueError as exc:
         _fail(str(exc))
     unknown = set(dcfg.thresholds) - set(model.classes)
@@ -215,7 +218,7 @@ def collect_cmd(
         _fail(str(exc))
     info, sd = _state(bundle, state, public_key, embedded_key)
     try:
-        model = DeviceModel(info, fmt=fmt, state=sd)
+        model = DeviceModel(info, fmt=fmt, state=sd, calibrate=True)
     except DeviceModelError as exc:
         _fail(str(exc))
     fc = info.feature_config

@@ -122,7 +122,7 @@ def test_thresholds_smoothing_and_refractory():
     sil = [5.0, 0.0, 0.0]
     sched = [hi] * 4 + [sil] * 3 + [hi] * 8 + [sil] * 15 + [mid] * 6
     rec = _Recorder(["_silence_", "a", "b"], sched)
-    cfg = DetectorConfig(hop_ms=100, smooth=2, threshold=0.6, thresholds={"b": 0.8}, refractory_s=1.0)
+    cfg = DetectorConfig(hop_ms=100, smooth=2, threshold=0.6, thresholds={"b": 0.8}, refractory_s=1.0, gate_db=0)
     det = Detector(rec, fc, cfg)
     y = np.zeros(16000 * 8, np.float32)
     events = list(run_detector(det, ArraySource(y, block_ms=50)))
@@ -136,6 +136,21 @@ def test_thresholds_smoothing_and_refractory():
     assert "b" not in names
     # the background class never fires, however confident
     assert all(not e.keyword.startswith("_") for e in events)
+
+
+def test_level_gate_stops_detections_in_silence():
+    fc = _fitted_cfg()
+    rec = _Recorder(["a", "b"], [[0.0, 6.0]] * 1000)  # no background class: always confident "b"
+    rng = np.random.default_rng(0)
+    quiet = (rng.standard_normal(16000 * 4) * 1e-3).astype(np.float32)
+    assert list(run_detector(Detector(rec, fc, DetectorConfig()), ArraySource(quiet))) == []
+    loud = quiet.copy()
+    loud[int(2.5 * 16000) : int(2.8 * 16000)] += tone(500, 0.3, amp=0.3)
+    events = list(run_detector(Detector(rec, fc, DetectorConfig()), ArraySource(loud)))
+    assert [e.keyword for e in events] == ["b"]
+    assert events[0].start <= 2.5 <= events[0].time
+    # without the gate, silence fires (once: a keyword re-arms only after its posterior drops)
+    assert len(list(run_detector(Detector(rec, fc, DetectorConfig(gate_db=0)), ArraySource(quiet)))) == 1
 
 
 def test_detector_config_rejects_bad_values():
@@ -387,3 +402,34 @@ def test_tflite_backend_matches_torch_and_onnx(tmp_path):
     (tmp_path / "bad.tflite").write_bytes(b"nope")
     with pytest.raises(BackendError, match="cannot load TFLite graph"):
         open_backend(tmp_path / "bad.tflite")
+
+
+def test_temperature_fitted_on_the_coreset_rescues_flat_posteriors(bundle, test_sentence, tmp_path):
+    """A model trained with MSE on soft labels has logits of small range: its plain softmax never passes a
+    threshold. The temperature fitted on the bundle's coreset makes its posteriors usable again."""
+    _, y, spans = test_sentence
+    info = open_bundle(bundle, bundle_public_key(bundle))
+    m = DeviceModel(info)
+    T0 = m.fit_temperature()
+
+    class Shrunk:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def predict(self, x):
+            return 0.05 * self.inner.predict(x)
+
+    m._classifier = Shrunk(m._classifier)
+    T = m.fit_temperature()
+    assert T < 0.2 * T0
+    m.temperature = 1.0
+    assert list(run_detector(Detector(m, info.feature_config), ArraySource(y))) == []
+    m.temperature = T
+    events = [e.to_dict() for e in run_detector(Detector(m, info.feature_config), ArraySource(y))]
+    _check_detections(events, spans)
+    # listen caches the fitted value per graph in the state directory
+    state = tmp_path / "st"
+    a = DeviceModel(info, state=state, calibrate=True)
+    assert (state / "temperature.json").is_file()
+    assert json.loads((state / "temperature.json").read_text()) == {"onnx_fp32": a.temperature}
+    assert a.temperature == pytest.approx(T0)

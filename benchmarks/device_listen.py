@@ -1,0 +1,140 @@
+"""`edgekws listen --wav` on a generated sentence: detections vs where the words are, speed, and peak RSS.
+
+A sentence of the bundle's keywords (espeak-ng, one clean voice, silence between words) is written as a WAV and run
+through ``edgekws listen --json`` in a fresh process per graph (ONNX fp32/int8, TFLite fp32/int8 when the bundle
+has them), as fast as possible, one thread. Peak RSS is the child's ``ru_maxrss``; "runtime only" is the same
+detector driven from Python without the CLI (no typer/rich).
+
+    python benchmarks/device_listen.py --bundle B --public-key K
+
+Writes ``benchmarks/results/device_listen.json`` and ``device_listen.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+_CHILD = r"""
+import json, resource, subprocess, sys, time
+t = time.perf_counter()
+r = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+wall = time.perf_counter() - t
+print(json.dumps({"rc": r.returncode, "wall": wall, "stdout": r.stdout, "stderr": r.stderr[-2000:],
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
+# ru_maxrss of a child: its own high-water mark (Linux keeps the larger of it and this small wrapper's RSS at fork).
+
+_RUNTIME_ONLY = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from edgekws.device.model import DeviceModel, open_bundle
+from edgekws.device.runtime import Detector, run_detector
+from edgekws.device.stream import WavSource
+info = open_bundle(sys.argv[1], sys.argv[2])
+det = Detector(DeviceModel(info, fmt=sys.argv[4], precision=sys.argv[5], calibrate=True), info.feature_config)
+t1 = time.perf_counter()
+ev = [e.to_dict() for e in run_detector(det, WavSource(sys.argv[3]))]
+hwm = int(dict(l.split(":", 1) for l in open("/proc/self/status"))["VmHWM"].split()[0]) / 1024
+print(json.dumps({"events": ev, "start_s": t1 - t0, "process_s": time.perf_counter() - t1, "peak_rss_mb": hwm}))
+"""
+
+
+def _score(events, spans):
+    """Match each word to the first detection whose window holds its onset."""
+    used, hits, offsets = set(), 0, []
+    for w, on, off in spans:
+        for i, e in enumerate(events):
+            if i in used or e["keyword"] != w:
+                continue
+            if e["start"] <= on + 0.05 and e["time"] >= on and e["time"] <= off + 1.0:
+                used.add(i)
+                hits += 1
+                offsets.append(e["time"] - off)
+                break
+    wrong = [e for i, e in enumerate(events) if i not in used]
+    return {"words": len(spans), "hits": hits, "false_alarms": len(wrong),
+            "latency_after_word_end_s": offsets, "false": wrong}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", type=Path, required=True)
+    ap.add_argument("--public-key", type=Path, required=True)
+    ap.add_argument("--work", type=Path, default=Path("runs/device-bench"))
+    ap.add_argument("--gap", type=float, default=1.0)
+    ap.add_argument("--name", default="device_listen")
+    args = ap.parse_args()
+    from device_support import sentence
+    from edgekws.device.model import open_bundle
+
+    from edgekws.audio import save_wav
+
+    info = open_bundle(args.bundle, args.public_key)
+    words = [c for c in info.classes if not c.startswith("_")]
+    y, spans = sentence(words, gap_s=args.gap, lead_s=1.0, seed=0)
+    args.work.mkdir(parents=True, exist_ok=True)
+    wav = args.work / "sentence.wav"
+    save_wav(wav, y, 16000)
+    audio_s = len(y) / 16000
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    exe = str(Path(sys.executable).with_name("edgekws"))
+    graphs = [("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8")]
+    rows = []
+    for fmt, prec in graphs:
+        if f"{fmt}_{prec}" not in info.manifest["graphs"].get("classifier", {}):
+            continue
+        cmd = [exe, "listen", "--bundle", str(args.bundle), "--public-key", str(args.public_key), "--wav", str(wav),
+               "--json", "--bundle-only", "--format", fmt, "--precision", prec, "--threads", "1"]
+        r = json.loads(subprocess.run([sys.executable, "-c", _CHILD, *cmd], capture_output=True, text=True,
+                                      env=env, check=True).stdout)
+        if r["rc"] != 0:
+            raise SystemExit(f"listen failed: {r['stderr']}")
+        events = [json.loads(line) for line in r["stdout"].splitlines() if line.startswith("{")]
+        rt = json.loads(subprocess.run([sys.executable, "-c", _RUNTIME_ONLY, str(args.bundle), str(args.public_key),
+                                        str(wav), fmt, prec], capture_output=True, text=True, env=env,
+                                       check=True).stdout)
+        sc = _score(events, spans)
+        rows.append({"format": fmt, "precision": prec, "cli_wall_s": r["wall"], "cli_peak_rss_mb": r["peak_rss_mb"],
+                     "runtime_peak_rss_mb": rt["peak_rss_mb"], "runtime_start_s": rt["start_s"],
+                     "runtime_process_s": rt["process_s"], "real_time_factor": rt["process_s"] / audio_s,
+                     "events": events, **sc})
+        print(f"{fmt} {prec}: {sc['hits']}/{sc['words']} words, {sc['false_alarms']} false, CLI peak RSS "
+              f"{r['peak_rss_mb']:.0f} MB, runtime {rt['peak_rss_mb']:.0f} MB, RTF {rt['process_s'] / audio_s:.3f}",
+              flush=True)
+    res = {"bundle": str(args.bundle), "words": words, "spans": spans, "audio_seconds": audio_s, "rows": rows}
+    L = ["# `edgekws listen --wav` on a generated sentence", "",
+         f"Bundle `{args.bundle}`; sentence: {' '.join(words)} (espeak-ng en-us, {args.gap} s of silence between "
+         f"words, {audio_s:.1f} s). Hop 100 ms, 3-hop smoothing, threshold 0.6, refractory 1 s, level gate 10 dB, "
+         "softmax temperature fitted on the bundle's coreset, one thread, as fast as possible.", "",
+         "| graph | words found | false alarms | CLI peak RSS MB | runtime-only peak RSS MB | real-time factor "
+         "(processing / audio) | CLI wall s |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        L.append(f"| {r['format']} {r['precision']} | {r['hits']}/{r['words']} | {r['false_alarms']} | "
+                 f"{r['cli_peak_rss_mb']:.0f} | {r['runtime_peak_rss_mb']:.0f} | {r['real_time_factor']:.3f} | "
+                 f"{r['cli_wall_s']:.1f} |")
+    if rows:
+        L += ["", f"Detections ({rows[0]['format']} {rows[0]['precision']}), JSON lines as printed:", "", "```"]
+        L += [json.dumps(e) for e in rows[0]["events"]]
+        L += ["```", "", "Word positions (onset–offset, s): " +
+              ", ".join(f"{w} {on:.2f}–{off:.2f}" for w, on, off in spans)]
+    L += ["", f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}; "
+          f"run at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."]
+    from edgekws.fileio import atomic_write_bytes, atomic_write_json
+
+    atomic_write_json(RESULTS / f"{args.name}.json", res)
+    atomic_write_bytes(RESULTS / f"{args.name}.md", ("\n".join(L) + "\n").encode())
+    print("\n".join(L))
+
+
+if __name__ == "__main__":
+    main()
