@@ -364,8 +364,10 @@ def test_microphone_errors_name_the_fix(monkeypatch):
 def test_microphone_without_input_device(monkeypatch):
     try:
         import sounddevice  # noqa: F401
+    except ImportError:
+        pytest.skip("sounddevice is not installed (pip install 'edgekws[device]')")
     except OSError:
-        pytest.skip("PortAudio is not installed here")
+        pytest.skip("PortAudio is not installed here (apt-get install libportaudio2)")
     with pytest.raises(AudioSourceError) as ei:
         MicrophoneSource(device=987654)
     assert "--device" in str(ei.value) and "--wav" in str(ei.value)
