@@ -24,6 +24,7 @@ have, with the same seeds, so it ends with the same records. Progress goes to a 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -349,6 +350,7 @@ def run_active_learning(
     state_path: str | os.PathLike | None = None,
     resume: bool = True,
     progress: Progress | None = None,
+    first_round: dict[str, Any] | None = None,
 ) -> ALResult:
     """Run one pool-based active-learning experiment and return its records.
 
@@ -363,6 +365,8 @@ def run_active_learning(
         resume: continue from ``state_path`` when it exists (it must come from the same settings and data).
         progress: receives ``{"event": "al_round", ...}`` after every trained net and ``{"event": "al_score",
             ...}`` after every acquisition; training epochs arrive as ``{"event": "al_epoch", ...}``.
+        first_round: a dict shared by runs that differ only in ``cfg.strategy`` (same data, seed, budgets and
+            recipe): the net trained on the common seed set is kept there and reused instead of retrained.
 
     Raises:
         ValueError: inconsistent inputs, a budget above the pool, a class missing from the pool, a state file
@@ -385,7 +389,10 @@ def run_active_learning(
     sizes = cfg.sizes()
     budgets = set(cfg.budgets)
     use_val = cfg.use_val and x_val is not None and len(x_val) > 0
-    fingerprint = _fingerprint(cfg, x_pool, y_pool, x_test, y_test, *((x_val, y_val) if use_val else ()))
+    data = (x_pool, y_pool, x_test, y_test, *((x_val, y_val) if use_val else ()))
+    fingerprint = _fingerprint(cfg, *data)
+    # the seed set and its net depend on everything but the strategy: runs that differ only there can share it
+    fingerprint_without_strategy = _fingerprint(dataclasses.replace(cfg, strategy="random"), *data)
     path = Path(state_path) if state_path is not None else None
     state = _load_state(path, fingerprint) if (resume and path is not None) else None
     if state is None:
@@ -410,15 +417,22 @@ def run_active_learning(
                 if ev.get("event") == "epoch":
                     progress({**ev, "event": "al_epoch", "strategy": cfg.strategy, "round": _r})
         t_train = time.perf_counter()
-        res = train_model(x_pool[labelled], y_pool[labelled], x_val if use_val else None,
-                          y_val if use_val else None, feature_cfg, n_classes, tcfg, inputs="features",
-                          progress=on_epoch)
-        model = res.model
+        key = f"{fingerprint_without_strategy}:{r}" if r == 0 else None
+        if first_round is not None and key in first_round:
+            model = copy.deepcopy(first_round[key][0])
+            best_val = first_round[key][1]
+        else:
+            res = train_model(x_pool[labelled], y_pool[labelled], x_val if use_val else None,
+                              y_val if use_val else None, feature_cfg, n_classes, tcfg, inputs="features",
+                              progress=on_epoch)
+            model, best_val = res.model, res.best_val_accuracy
+            if first_round is not None and key is not None:
+                first_round[key] = (copy.deepcopy(model), best_val)
         acc = evaluate(model, x_test, y_test, n_classes)["accuracy"]
         rec: dict[str, Any] = {
             "round": r, "labelled": int(len(labelled)), "fraction": len(labelled) / n,
             "is_budget": int(len(labelled)) in budgets, "test_accuracy": float(acc),
-            "val_accuracy": float(res.best_val_accuracy) if use_val else None,
+            "val_accuracy": float(best_val) if use_val else None,
             "class_counts": np.bincount(y_pool[labelled], minlength=n_classes).tolist(),
             "train_seconds": time.perf_counter() - t_train,
         }

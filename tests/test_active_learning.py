@@ -68,8 +68,9 @@ def run(strategy, data, **kw):
     x, y, _, xv, yv, xt, yt = data
     state_path = kw.pop("state_path", None)
     progress = kw.pop("progress", None)
+    first_round = kw.pop("first_round", None)
     return run_active_learning(x, y, xv, yv, xt, yt, feature_cfg(), 3, al_config(strategy, **kw),
-                               state_path=state_path, progress=progress)
+                               state_path=state_path, progress=progress, first_round=first_round)
 
 
 def test_acquisition_scores_follow_their_definitions():
@@ -143,12 +144,20 @@ def test_scoring_is_one_pass_over_the_pool_with_batched_mc_samples():
 def test_uncertainty_acquisitions_are_more_uncertain_than_random():
     data = toy_pool()
     hard = data[2]
-    out = {s: run(s, data, budgets=(9, 39), seed_size=9, train=tiny_train(epochs=10))
-           for s in ("random", "entropy", "variation_ratios", "bald")}
+    shared, epochs = {}, {}
+    out = {}
+    for s in ("random", "entropy", "variation_ratios", "bald"):
+        events = []
+        out[s] = run(s, data, budgets=(9, 39), seed_size=9, train=tiny_train(epochs=10), first_round=shared,
+                     progress=events.append)
+        epochs[s] = sorted({e["round"] for e in events if e["event"] == "al_epoch"})
     first = {s: r.records[0] for s, r in out.items()}
-    # the same seed set and the same first net for every strategy
+    # the same seed set and the same first net for every strategy: trained once, then shared
     assert len({tuple(r.labelled[:9]) for r in out.values()}) == 1
     assert len({f["test_accuracy"] for f in first.values()}) == 1
+    assert epochs == {"random": [0, 1], "entropy": [1], "variation_ratios": [1], "bald": [1]}
+    alone = run("bald", data, budgets=(9, 39), seed_size=9, train=tiny_train(epochs=10))
+    assert alone.labelled == out["bald"].labelled  # sharing the first net changes nothing
     for s in ("entropy", "variation_ratios"):
         assert first[s]["acquired_entropy"] > first["random"]["acquired_entropy"] + 0.05, (s, first)
     # BALD asks for what the dropout passes disagree on
