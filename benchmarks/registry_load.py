@@ -181,11 +181,11 @@ def main() -> None:
     lines = [
         "# Registry load: concurrent downloads on loopback",
         "",
-        f"`edgekws server serve` (FastAPI {fastapi.__version__}, uvicorn {uvicorn.__version__}, one process) and "
-        f"{args.concurrency} client threads on the same {os.cpu_count()}-core machine ({platform.machine()}, "
-        f"Python {platform.python_version()}); {args.rounds} rounds of {args.concurrency} simultaneous requests per "
-        "scenario. Every download is checked (length + sha256 against `X-Content-SHA256`). Latency = request to "
-        "last byte.",
+        (f"`edgekws server serve` (FastAPI {fastapi.__version__}, uvicorn {uvicorn.__version__}, one process) and "
+         f"{args.concurrency} client threads on the same {os.cpu_count()}-core machine ({platform.machine()}, "
+         f"Python {platform.python_version()}); {args.rounds} rounds of {args.concurrency} simultaneous requests per "
+         "scenario. Every download is checked (length + sha256 against `X-Content-SHA256`). Latency = request to "
+         "last byte."),
         "",
         "| scenario | requests | failures | p50 ms | p90 ms | p99 ms | max ms | TTFB p50 ms | req/s | MB/s |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -40,7 +40,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -108,6 +107,7 @@ class UpdateConfig:
     keep: int = 3
     checkin: bool = True
     chunk_bytes: int = _CHUNK
+    max_bundle_bytes: int = 512 << 20
 
     def __post_init__(self) -> None:
         u = urllib.parse.urlsplit(self.server)
@@ -536,6 +536,9 @@ def update(cfg: UpdateConfig, progress: Progress | None = None) -> UpdateResult:
         if not ID_RE.match(bid) or not isinstance(release.get("size"), int) \
                 or not re.match(r"^[0-9a-f]{64}$", str(release.get("sha256", ""))):
             raise UpdateError(f"the registry's answer for {cfg.target}/{cfg.channel} is not a release: {release!r}"[:300])
+        if release["size"] > cfg.max_bundle_bytes:
+            raise UpdateError(f"bundle {bid} is {release['size']} bytes, more than this device accepts "
+                              f"({cfg.max_bundle_bytes})")
         if release.get("target") != cfg.target:
             raise UpdateError(f"the registry offered a bundle for target {release.get('target')!r}, not {cfg.target!r}")
         current = _read_pointer(root, "current")

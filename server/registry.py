@@ -42,9 +42,7 @@ import sqlite3
 import tarfile
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -730,15 +728,65 @@ def _check_url(server: str) -> str:
     return server.rstrip("/")
 
 
-def _error_detail(exc: urllib.error.HTTPError) -> str:
+def _error_detail(status: int, body: bytes, reason: str = "") -> str:
     try:
-        body = exc.read(4096)
         detail = json.loads(body).get("detail")
         if isinstance(detail, list):  # FastAPI validation errors
             detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail)
         return str(detail)
     except Exception:  # noqa: BLE001 - any non-JSON body
-        return exc.reason if isinstance(exc.reason, str) else str(exc)
+        return reason or f"HTTP {status}"
+
+
+def _await_continue(sock: socket.socket, timeout: float) -> bool:
+    """After sending headers with ``Expect: 100-continue``: True to send the body (the server said 100 Continue, or
+    stayed silent for ``timeout``), False when it already answered (a refusal that must be read, not written over).
+    The interim ``100`` response is consumed; a final one is left for :meth:`HTTPConnection.getresponse`."""
+    import select
+
+    readable, _, _ = select.select([sock], [], [], timeout)
+    if not readable:
+        return True
+    head = sock.recv(4096, socket.MSG_PEEK)
+    if re.match(rb"^HTTP/1\.[01] 100[ \r]", head):
+        end = head.find(b"\r\n\r\n")
+        if end < 0:  # an interim response split across packets: wait for the rest once
+            time.sleep(0.05)
+            head = sock.recv(4096, socket.MSG_PEEK)
+            end = head.find(b"\r\n\r\n")
+        if end >= 0:
+            sock.recv(end + 4)
+            return True
+    return False
+
+
+def _post_file(url: str, path: Path, headers: dict[str, str], timeout: float) -> tuple[int, bytes, str]:
+    """POST a file with ``Expect: 100-continue``, so a refusal sent before the body (bad token, too large, unknown
+    channel) is read instead of ending in a broken pipe. Returns (status, body, reason)."""
+    import http.client
+
+    u = urllib.parse.urlsplit(url)
+    plain = u.scheme == "http"
+    cls = http.client.HTTPConnection if plain else http.client.HTTPSConnection
+    con = cls(u.hostname, u.port, timeout=timeout)
+    try:
+        con.putrequest("POST", u.path + (f"?{u.query}" if u.query else ""), skip_accept_encoding=True)
+        for k, v in headers.items():
+            con.putheader(k, v)
+        if plain:
+            con.putheader("Expect", "100-continue")
+        con.endheaders()
+        if not plain or _await_continue(con.sock, 3.0):
+            with open(path, "rb") as fh:
+                try:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        con.send(block)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the server answered early and closed; its answer is read below
+        resp = con.getresponse()
+        return resp.status, resp.read(), resp.reason
+    finally:
+        con.close()
 
 
 def publish(bundle: str | os.PathLike, server: str, channel: str = "stable", token: str | None = None, *,
@@ -765,17 +813,15 @@ def publish(bundle: str | os.PathLike, server: str, channel: str = "stable", tok
         tar = src if src.is_file() else pack_bundle(src, Path(tmp) / "bundle.tar")
         query = {"channel": channel, **({"target": target} if target else {})}
         url = f"{base}/v1/bundles?{urllib.parse.urlencode(query)}"
-        size = tar.stat().st_size
-        with open(tar, "rb") as fh:
-            req = urllib.request.Request(url, data=fh, method="POST", headers={
-                "Content-Type": "application/x-tar", "Content-Length": str(size),
-                "Authorization": f"Bearer {token}"})
-            try:
-                with urllib.request.urlopen(req, timeout=timeout) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as exc:
-                raise RegistryError(f"{server} refused the bundle ({exc.code}): {_error_detail(exc)}",
-                                    exc.code) from None
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                raise RegistryError(f"cannot reach {server}: {reason}") from None
+        headers = {"Content-Type": "application/x-tar", "Content-Length": str(tar.stat().st_size),
+                   "Authorization": f"Bearer {token}"}
+        try:
+            status, body, reason = _post_file(url, tar, headers, timeout)
+        except OSError as exc:
+            raise RegistryError(f"cannot reach {server}: {exc}") from None
+    if status >= 400:
+        raise RegistryError(f"{server} refused the bundle ({status}): {_error_detail(status, body, reason)}", status)
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError:
+        raise RegistryError(f"{server} answered {status} without JSON: is it an edgekws registry?", status) from None

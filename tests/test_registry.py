@@ -183,9 +183,8 @@ def test_publish_needs_a_valid_token(server, bundles, tmp_path, keys):
 
 def _tamper(tar: Path, member: str, edit) -> bytes:
     """The archive with one member's bytes changed (sizes and headers kept valid)."""
-    src = tarfile.open(tar)
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst:
+    with tarfile.open(tar) as src, tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst:
         for m in src.getmembers():
             data = src.extractfile(m).read()
             if m.name == member:

@@ -147,7 +147,11 @@ def test_install_update_carry_heads_set_aside_and_rollback(server, device, bundl
 
 
 def test_damaged_download_is_refused(server, device, bundles, keys):
+    import dataclasses
+
     publish(bundles["a"], server.url, "stable", TOKEN)
+    with pytest.raises(UpdateError, match="more than this device accepts"):
+        update(dataclasses.replace(device, max_bundle_bytes=4096))
     a = update(device).bundle
     info = publish(bundles["b"], server.url, "stable", TOKEN)
     blob = server.config.root / "blobs" / f"{info['id']}.tar"
