@@ -104,7 +104,7 @@ def coreset_embeddings(model: DeviceModel, cache_dir: Path | None = None) -> tup
             with np.load(cache, allow_pickle=False) as z:
                 if z["Z"].shape[0] == len(x):
                     return z["Z"], coreset_targets(y), classes
-    Z = np.concatenate([model.embed(x[i : i + 64][:, None]) for i in range(0, len(x), 64)])
+    Z = model.embed(x[:, None])
     if cache is not None:
         with atomic_open(cache, "wb") as fh:
             np.savez(fh, Z=Z)

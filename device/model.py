@@ -231,6 +231,7 @@ class DeviceModel:
     _embedder: Any = None
     calibrate: bool = False
     temperature: float = 1.0
+    chunk: int = 16  # rows per graph call: bounds activation memory when many windows go through at once
     _head: tuple[np.ndarray, np.ndarray] | None = None
     _version_mtime: float = field(default=-1.0, repr=False)
     _bundle_temperature: float | None = field(default=None, repr=False)
@@ -276,7 +277,12 @@ class DeviceModel:
     def embed(self, x: np.ndarray) -> np.ndarray:
         if self._embedder is None:
             self._embedder = self._open("embedding")
-        return self._embedder.predict(x)
+        return self._chunked(self._embedder, x)
+
+    def _chunked(self, backend: Any, x: np.ndarray) -> np.ndarray:
+        if len(x) <= self.chunk:
+            return backend.predict(x)
+        return np.concatenate([backend.predict(x[i : i + self.chunk]) for i in range(0, len(x), self.chunk)])
 
     def _cached_temperature(self) -> float:
         """:meth:`fit_temperature`, remembered per graph in the state directory (so a restart skips it)."""
@@ -332,4 +338,4 @@ class DeviceModel:
             if z.shape[1] != W.shape[1]:
                 raise DeviceModelError(f"local head expects {W.shape[1]}-d embeddings, graph gives {z.shape[1]}")
             return z @ W.T + b
-        return self._classifier.predict(x)
+        return self._chunked(self._classifier, x)
