@@ -54,7 +54,7 @@ def _load(args):
     y = np.array([info.classes.index(names[i]) for i in ds.labels])
     sp = split_indices(ds)
     pool, held = np.asarray(sp.train), np.concatenate([sp.val, sp.test])
-    cache = args.work / "gsc_embeddings.npz"
+    cache = args.work / f"gsc_embeddings_{info.identity}.npz"
     if cache.is_file():
         Z = np.load(cache)["Z"]
     else:
@@ -134,21 +134,20 @@ import json, os, resource, sys, time, tracemalloc
 import numpy as np
 t0 = time.perf_counter()
 from edgekws.device.model import DeviceModel, open_bundle, read_coreset
-from edgekws.device.finetune import FinetuneConfig, finetune, coreset_embeddings
+from edgekws.device.finetune import FinetuneConfig, finetune
 from edgekws.device.store import LabelStore
-bundle, pub, state, n_labels, cold = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
+bundle, pub, state, n_labels = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 info = open_bundle(bundle, pub)
 model = DeviceModel(info, threads=1)
 t_open = time.perf_counter() - t0
 rng = np.random.default_rng(0)
 D = info.head()[0].shape[1]
 store = LabelStore(os.path.join(state, "labels.sqlite"))
-ids = store.add_clips([{"path": f"c{i}.wav", "embedding": rng.standard_normal(D).astype(np.float32)}
-                       for i in range(n_labels)])
-for i, cid in enumerate(ids):
-    store.set_label(cid, info.classes[i % len(info.classes)])
-if not cold:
-    coreset_embeddings(model, __import__("pathlib").Path(state))
+if not store.clips():
+    ids = store.add_clips([{"path": f"c{i}.wav", "embedding": rng.standard_normal(D).astype(np.float32)}
+                           for i in range(n_labels)])
+    for i, cid in enumerate(ids):
+        store.set_label(cid, info.classes[i % len(info.classes)])
 tracemalloc.start()
 t1 = time.perf_counter()
 rep = finetune(model, store, __import__("pathlib").Path(state), FinetuneConfig())
@@ -162,13 +161,14 @@ print(json.dumps({"seconds_finetune": wall, "seconds_coreset_embed": rep["second
 
 
 def timing(args) -> list[dict]:
+    """Per repeat, in one fresh state folder: a cold process (embeds the coreset and caches it), then a warm one."""
     out = []
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    for cold in (True, False):
-        for rep in range(args.repeats):
-            with tempfile.TemporaryDirectory() as st:
-                r = subprocess.run([sys.executable, "-c", _TIMING, str(args.bundle), str(args.public_key), st, "20",
-                                    "1" if cold else "0"], capture_output=True, text=True, env=env, check=True)
+    for rep in range(args.repeats):
+        with tempfile.TemporaryDirectory() as st:
+            for cold in (True, False):
+                r = subprocess.run([sys.executable, "-c", _TIMING, str(args.bundle), str(args.public_key), st, "20"],
+                                   capture_output=True, text=True, env=env, check=True)
                 d = json.loads(r.stdout.strip().splitlines()[-1])
                 d.update(cold=cold, repeat=rep)
                 out.append(d)

@@ -86,7 +86,7 @@ def listen(
     threshold: float = typer.Option(0.6, "--threshold", min=0.0, max=1.0, help="default posterior threshold"),
     thresholds: str | None = typer.Option(None, "--thresholds", help="per keyword, e.g. 'yes=0.7,stop=0.5'"),
     hop_ms: float = typer.Option(100.0, "--hop-ms", help="inference every this many ms"),
-    smooth: int = typer.Option(3, "--smooth", min=1, help="average posteriors over this many hops"),
+    smooth: int = typer.Option(5, "--smooth", min=1, help="average posteriors over this many hops"),
     refractory: float = typer.Option(1.0, "--refractory", min=0.0, help="seconds without a second detection"),
     gate_db: float = typer.Option(10.0, "--gate-db", min=0.0, help="fire only this far above the noise floor"),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
@@ -313,6 +313,7 @@ def finetune_cmd(
     no_coreset: bool = typer.Option(False, "--no-coreset", help="train on the labelled clips only"),
     fmt: str = typer.Option("onnx", "--format", help="onnx or tflite (embedding graph)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    allow_no_labels: bool = typer.Option(False, "--allow-no-labels", help="retrain on the coreset alone"),
 ) -> None:
     """Train the classifier head (numpy, frozen embeddings) on coreset + labels; write a new local version."""
     from edgekws.device.finetune import FinetuneConfig, finetune
@@ -324,6 +325,10 @@ def finetune_cmd(
         cfg = FinetuneConfig(steps=steps, lr=lr, l2=l2, proto_weight=proto_weight, use_coreset=not no_coreset)
         model = DeviceModel(info, fmt=fmt, state=None)
         with LabelStore(sd / "labels.sqlite") as store:
+            if not store.labeled() and not allow_no_labels:
+                _fail("no labelled clips yet: run `edgekws device collect` and `edgekws device label` first "
+                      "(retraining on the coreset alone made the shipped head worse in our measurements; "
+                      "--allow-no-labels does it anyway)")
             rep = finetune(model, store, sd, cfg)
     except (ValueError, DeviceModelError) as exc:
         _fail(str(exc))

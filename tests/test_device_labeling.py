@@ -239,6 +239,8 @@ def test_collect_label_finetune_listen_end_to_end(bundle, tmp_path):
     res = r.invoke(app, ["device", "collect", *common, "--wav", str(wav), "--k", "7", "--method", "kcenter"])
     assert res.exit_code == 0, res.output
     assert "7 segment(s), 7 clip(s)" in " ".join(res.output.split())
+    res = r.invoke(app, ["device", "finetune", *common])
+    assert res.exit_code == 2 and "no labelled clips yet" in " ".join(res.output.split())
     info = open_bundle(bundle, pub)
     from edgekws.device.model import state_dir_for
 
