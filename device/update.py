@@ -21,8 +21,8 @@ process loads the new bundle's graphs and runs one inference, with a timeout) ->
 
 Local state (labels, clips, fine-tuned heads) lives where :func:`edgekws.device.model.state_dir_for` puts it:
 ``<state_root>/<bundle id>/``. When the new bundle's embedding graph has the same sha256 as the current one's, the
-current bundle's state is copied to the new bundle's state folder (except caches of coreset embeddings, which
-depend on the coreset); otherwise nothing is copied and the old state stays where it is, set aside for the old
+current bundle's heads, labels, clips and recordings are copied to the new bundle's state folder (caches derived
+from the old bundle, such as coreset embeddings or a fitted temperature, are not); otherwise nothing is copied and the old state stays where it is, set aside for the old
 bundle (a rollback brings it back into use). The history records which.
 """
 
@@ -445,28 +445,42 @@ def smoke_test(bundle_dir: str | os.PathLike, public_key: Any = None, *, state_d
 # Local state ----------------------------------------------------------------------------------------------------
 
 
-_NOT_CARRIED = re.compile(r"^coreset_emb_.*\.npz$|.*\.sqlite-(wal|shm)$|.*-journal$")
+CARRIED = ("models", "labels.sqlite", "clips", "recordings")
+"""What of a bundle's state folder moves to the next bundle with the same embedding graph: fine-tuned heads, labels
+(with their embeddings), labelled clips and recordings. Everything else there (coreset embeddings, the fitted
+temperature, ...) is a cache of the old bundle's graphs or coreset and is rebuilt by the new one."""
+
+
+def _copy_tree(src: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in sorted(src.iterdir()):
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            _copy_tree(p, dest / p.name)
+        else:
+            with open(p, "rb") as fin, atomic_open(dest / p.name, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
 
 
 def _copy_state(src: Path, dest: Path) -> None:
-    """Copy a device state folder; SQLite files through the backup API (consistent even while in use)."""
+    """Copy the :data:`CARRIED` parts of a device state folder; SQLite through its backup API (consistent even
+    while another process writes it)."""
     dest.mkdir(parents=True, exist_ok=True)
-    for p in sorted(src.iterdir()):
-        if _NOT_CARRIED.match(p.name) or p.is_symlink():
+    for name in CARRIED:
+        p = src / name
+        if p.is_symlink() or not p.exists():
             continue
         if p.is_dir():
-            _copy_state(p, dest / p.name)
-        elif p.suffix in (".sqlite", ".db"):
-            s = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
-            d = sqlite3.connect(dest / p.name)
+            _copy_tree(p, dest / name)
+        else:
+            s = sqlite3.connect(p)
+            d = sqlite3.connect(dest / name)
             try:
                 s.backup(d)
             finally:
                 s.close()
                 d.close()
-        else:
-            with open(p, "rb") as fin, atomic_open(dest / p.name, "wb") as fout:
-                shutil.copyfileobj(fin, fout)
 
 
 def _has_local_heads(state: Path) -> bool:

@@ -106,6 +106,15 @@ def test_install_update_carry_heads_set_aside_and_rollback(server, device, bundl
     write_version(state / a, W, np.zeros(4, np.float32), ["_silence_", "yes", "no", "lamp"],
                   {"n_labeled": 5, "n_coreset": 0})
     assert info.identity == a
+    from edgekws.device.store import LabelStore
+
+    store_a = LabelStore(state / a / "labels.sqlite")  # kept open, as by a running `device label --web`
+    clip = store_a.add_clips([{"path": "clips/1.wav", "embedding": np.ones(8, np.float32)}])[0]
+    store_a.set_label(clip, "lamp")
+    (state / a / "clips").mkdir()
+    (state / a / "clips" / "1.wav").write_bytes(b"RIFF")
+    (state / a / "temperature.json").write_text('{"onnx_fp32": 2.5}')  # caches of bundle a's graphs
+    (state / a / "coreset_emb_onnx_fp32.npz").write_bytes(b"x")
 
     # b keeps a's embedding graph: the local head comes along and is the one in use
     publish(bundles["b"], server.url, "stable", TOKEN)
@@ -115,6 +124,11 @@ def test_install_update_carry_heads_set_aside_and_rollback(server, device, bundl
     assert list_versions(state / b) == ["v0001"] and current_version(state / b) == "v0001"
     assert _infer(root, pub, state).shape == (1, 4)
     assert list_versions(state / a) == ["v0001"]  # a's own copy stays for a rollback
+    store_a.close()
+    with LabelStore(state / b / "labels.sqlite") as store:
+        assert store.counts() == {"lamp": 1} and store.labeled()[0].embedding.tolist() == [1.0] * 8
+    assert (state / b / "clips" / "1.wav").read_bytes() == b"RIFF"
+    assert not (state / b / "temperature.json").exists() and not list((state / b).glob("coreset_emb_*"))
 
     # c changes the embedding graph: heads are set aside (kept with a/b), not applied to c
     publish(bundles["c"], server.url, "stable", TOKEN)
