@@ -26,6 +26,9 @@ _register_device_commands(app)
 from edgekws.cli_ship import register as _register_ship_commands  # noqa: E402  (server serve, deploy, device update …)
 
 _register_ship_commands(app)
+from edgekws.cli_experiment import register as _register_experiment_commands  # noqa: E402  (experiment tables)
+
+_register_experiment_commands(app)
 console = Console(stderr=True)
 
 
