@@ -71,16 +71,13 @@ def real_features(dataset: str, data_dir: str | os.PathLike | None, classes: lis
     return normalize(raw[idx], cfg), np.asarray(ds.labels)[idx]
 
 
-def _load_coreset(coreset: Any) -> Any:
+def _load_coreset(coreset: Any) -> tuple[Any, Path | None]:
     if coreset is None:
         return None, None
     from edgekws.server.rfad import Coreset
 
     if isinstance(coreset, Coreset):
-        with tempfile.NamedTemporaryFile(suffix=".npz", delete=False) as tmp:
-            path = Path(tmp.name)
-        coreset.save(path)
-        return coreset, path
+        return coreset, None  # saved into the bundle's staging folder
     return Coreset.load(coreset), Path(coreset)
 
 
@@ -248,7 +245,9 @@ def export_bundle(
         b = model.classifier.bias.detach().cpu().numpy()
         write_head(tmp / HEAD, W, b)
         files[HEAD] = tmp / HEAD
-        if core_path is not None:
+        if core is not None:
+            if core_path is None:
+                core_path = core.save(tmp / CORESET)
             files[CORESET] = core_path
         ck_metrics = dict(blob.get("metrics") or {})
         metrics = {
@@ -272,8 +271,6 @@ def export_bundle(
                    "graph_io": {"input": "mfcc", "classifier_output": "logits", "embedding_output": "embedding",
                                 "tflite_int8_io": "int8 input/output; scale and zero point in the graph"}},
         )
-    if coreset is not None and not isinstance(coreset, (str, os.PathLike)) and core_path is not None:
-        core_path.unlink(missing_ok=True)
     public = load_public_key(Path(private_key) if isinstance(private_key, (str, os.PathLike)) else private_key)
     manifest = verify_bundle(out, public)
     tar_path = pack_bundle(out) if tar else None
