@@ -5,7 +5,9 @@
 - :func:`clip_windows` turns regions into model-length windows centred on each region's energy.
 - :func:`choose` picks prototypes from embeddings: ``kcenter`` (greedy farthest-first cover), ``kmedoids``
   (Voronoi iteration started from the k-center cover), ``uncertain`` (smallest top-1/top-2 posterior margin),
-  ``hybrid`` (half k-center cover, half most uncertain) or ``random``.
+  ``hybrid`` (half k-center cover, half most uncertain) or ``random``. Measured on real Speech Commands
+  (``benchmarks/results/device_finetune.md``), k-center came closest to random sampling and the uncertainty-based
+  choices did worst, so k-center is the default.
 - :func:`collect` runs the whole step on a waveform and records clips and requests in a :class:`LabelStore`.
 """
 
@@ -162,7 +164,7 @@ def _kmedoids(e: np.ndarray, k: int, iters: int = 30) -> list[int]:
     return [int(i) for i in med]
 
 
-def choose(embeddings: np.ndarray, k: int, method: str = "hybrid", *, logits: np.ndarray | None = None,
+def choose(embeddings: np.ndarray, k: int, method: str = "kcenter", *, logits: np.ndarray | None = None,
            seed: int = 0) -> np.ndarray:
     """Indices of ``k`` prototypes among ``embeddings (N, D)`` (fewer when N < k), no repeats."""
     if method not in METHODS:
@@ -189,7 +191,7 @@ def choose(embeddings: np.ndarray, k: int, method: str = "hybrid", *, logits: np
 
 
 def collect(model, y: np.ndarray, store: LabelStore, clips_dir: str | Path, *, source: str = "",
-            k: int = 10, method: str = "hybrid", vad: VADConfig | None = None, seed: int = 0,
+            k: int = 10, method: str = "kcenter", vad: VADConfig | None = None, seed: int = 0,
             on_event: Callable[[dict], None] | None = None) -> dict:
     """Segment ``y``, save each window as a WAV, embed it, store it, and request labels for ``k`` prototypes.
 

@@ -194,7 +194,7 @@ def collect_cmd(
     device: str | None = typer.Option(None, "--device", help="input device index or name"),
     rate: int | None = typer.Option(None, "--rate", help="capture rate in Hz"),
     k: int = typer.Option(10, "--k", min=0, help="prototypes to request labels for"),
-    method: str = typer.Option("hybrid", "--method", help="kcenter | kmedoids | uncertain | hybrid | random"),
+    method: str = typer.Option("kcenter", "--method", help="kcenter | kmedoids | uncertain | hybrid | random"),
     vad: str = typer.Option("energy", "--vad", help="energy or spectral"),
     state: Path | None = typer.Option(None, "--state", help="device state directory"),
     public_key: Path | None = typer.Option(None, "--public-key", help=_KEY_HELP),
