@@ -87,11 +87,11 @@ def tables(
     strategies: Optional[str] = typer.Option(None, "--strategies", help="subset of random,entropy,"
                                              "variation_ratios,bald"),
     per_class: Optional[str] = typer.Option(None, "--per-class", help="coreset sizes / AL budgets per class "
-                                            "(default 20,30,50)"),
+                                            "(default 20,30,50; --quick: 20,50)"),
     fractions: Optional[str] = typer.Option(None, "--fractions", help="AL budgets as pool fractions (default "
-                                            "0.1,...,0.6; --quick: 0.3)"),
+                                            "0.1,...,0.6; --quick: none)"),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="epochs of every net (default 30; "
-                                         "--quick: 5)"),
+                                         "--quick: 8)"),
     min_steps: Optional[int] = typer.Option(None, "--min-steps", min=1, help="minimum steps per epoch"),
     mc_passes: Optional[int] = typer.Option(None, "--mc-passes", min=1, help="MC-dropout passes (default 20)"),
     seed_per_class: Optional[int] = typer.Option(None, "--seed-per-class", min=1, help="AL seed set per class "
