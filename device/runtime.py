@@ -41,7 +41,7 @@ class DetectorConfig:
     """How the detector decides. Thresholds apply to smoothed posteriors in [0, 1]."""
 
     hop_ms: float = 100.0
-    smooth: int = 3
+    smooth: int = 5
     threshold: float = 0.6
     thresholds: Mapping[str, float] = field(default_factory=dict)
     refractory_s: float = 1.0

@@ -45,7 +45,12 @@ _EMBEDDED_HELP = "check integrity against the key inside the manifest (does not 
 
 def _open_model(bundle: Path, fmt: str | None, precision: str | None, threads: int, state: Path | None,
                 use_local: bool, public_key: Path | None = None, embedded_key: bool = False, calibrate: bool = True):
-    from edgekws.device.model import DeviceModel, DeviceModelError, open_bundle, state_dir_for
+    from edgekws.device.model import (
+        DeviceModel,
+        DeviceModelError,
+        open_bundle,
+        state_dir_for,
+    )
 
     try:
         info = open_bundle(bundle, public_key, trust_embedded_key=embedded_key)
