@@ -157,7 +157,7 @@ def tables(
         ref = load_reference(reference) if reference else None
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    name = name or f"al_{dataset}_{model}" + ("_quick" if quick and dataset == "synthetic" else "")
+    name = name or f"al_{dataset}_{model}"
     work = work_dir or Path("runs") / "experiments" / name
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {}
