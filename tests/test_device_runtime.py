@@ -435,3 +435,44 @@ def test_temperature_fitted_on_the_coreset_rescues_flat_posteriors(bundle, test_
     assert (state / "temperature.json").is_file()
     assert json.loads((state / "temperature.json").read_text()) == {"onnx_fp32": a.temperature}
     assert a.temperature == pytest.approx(T0)
+
+
+def test_microphone_source_resamples_a_device_stream(monkeypatch):
+    """The microphone path with a stand-in PortAudio: a 44.1 kHz stereo device gives 16 kHz mono blocks."""
+    import threading
+    import types
+
+    sr_in = 44100
+    t = np.arange(sr_in) / sr_in
+    signal_in = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 440 * t)], axis=1).astype(np.float32) * 0.5
+
+    class FakeStream:
+        def __init__(self, device, channels, samplerate, blocksize, dtype, callback):
+            assert samplerate == sr_in and channels == 2 and dtype == "float32"
+            self.cb, self.bs = callback, blocksize
+            self.closed = False
+
+        def start(self):
+            def feed():
+                for i in range(0, len(signal_in), self.bs):
+                    self.cb(signal_in[i : i + self.bs], len(signal_in[i : i + self.bs]), None, None)
+            threading.Thread(target=feed, daemon=True).start()
+
+        def stop(self):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    fake = types.SimpleNamespace(
+        PortAudioError=RuntimeError, InputStream=FakeStream,
+        query_devices=lambda device=None, kind=None: (
+            {"name": "usb mic", "default_samplerate": float(sr_in), "max_input_channels": 2} if kind else
+            [{"name": "usb mic", "default_samplerate": float(sr_in), "max_input_channels": 2}]))
+    monkeypatch.setitem(sys.modules, "sounddevice", fake)
+    with MicrophoneSource(device=0, channels=2, max_seconds=0.9) as src:
+        assert src.name == "mic:usb mic" and src.input_rate == sr_in
+        out = np.concatenate(list(src))
+    assert 0.9 * 16000 <= out.size <= 16000
+    spec = np.abs(np.fft.rfft(out[2000:12000]))
+    assert abs(np.argmax(spec) * 16000 / 10000 - 440) < 5  # still a 440 Hz tone after resampling
