@@ -7,6 +7,7 @@ Install root layout (``root``, default ``$EDGEKWS_DEVICE_HOME/bundles``)::
     previous -> versions/<id> what ``rollback`` returns to
     downloads/<id>.tar.part   a download in progress (resumed with a Range request); <id>.json its ETag/sha256
     history.json              what happened, newest last (written atomically)
+    refused.json              bundles that failed verification or the smoke test here: not fetched again
     device_id                 this device's name in check-ins (random, made once)
     .lock                     held (flock) while an update or rollback runs
 
@@ -108,6 +109,7 @@ class UpdateConfig:
     checkin: bool = True
     chunk_bytes: int = _CHUNK
     max_bundle_bytes: int = 512 << 20
+    retry_refused: bool = False  # try again a bundle that failed verification or its smoke test here before
 
     def __post_init__(self) -> None:
         u = urllib.parse.urlsplit(self.server)
@@ -221,6 +223,22 @@ def _history(root: Path, entry: dict) -> None:
         items = []
     items.append({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry})
     atomic_write_json(p, items[-200:])
+
+
+def _refused(root: Path) -> dict:
+    p = root / "refused.json"
+    try:
+        return json.loads(p.read_text()) if p.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _refuse(root: Path, bundle_id: str, reason: str) -> None:
+    """Remember a bundle that failed verification or its smoke test, so polling does not fetch it again."""
+    items = _refused(root)
+    items[bundle_id] = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "reason": reason[:500]}
+    atomic_write_json(root / "refused.json", items)
+    _history(root, {"event": "refused", "bundle": bundle_id, "reason": reason})
 
 
 def device_id(root: Path) -> str:
@@ -564,6 +582,10 @@ def update(cfg: UpdateConfig, progress: Progress | None = None) -> UpdateResult:
             res.seconds = round(time.perf_counter() - t0, 3)
             return res
 
+        earlier = _refused(root).get(bid)
+        if earlier and not cfg.retry_refused:
+            raise UpdateError(f"bundle {bid} was refused here on {earlier['at']} ({earlier['reason']}); not fetched "
+                              "again: publish a fixed bundle, or retry it explicitly (--retry)")
         versions = root / "versions"
         versions.mkdir(parents=True, exist_ok=True)
         new_dir = versions / bid
@@ -583,7 +605,7 @@ def update(cfg: UpdateConfig, progress: Progress | None = None) -> UpdateResult:
                 unpack_bundle(tar, new_dir, key)  # verifies signature + every sha256 before writing anything
             except BundleError as exc:
                 tar.unlink(missing_ok=True)
-                _history(root, {"event": "refused", "bundle": bid, "reason": str(exc)})
+                _refuse(root, bid, f"verification: {exc}")
                 _checkin(cfg, root, bid, "failed", f"verification: {exc}")
                 raise UpdateError(f"bundle {bid} refused: {exc}") from None
             tar.unlink(missing_ok=True)
@@ -606,7 +628,7 @@ def update(cfg: UpdateConfig, progress: Progress | None = None) -> UpdateResult:
             if staged is not None:
                 shutil.rmtree(staged, ignore_errors=True)
             shutil.rmtree(new_dir, ignore_errors=True)
-            _history(root, {"event": "refused", "bundle": bid, "reason": str(exc)})
+            _refuse(root, bid, str(exc))
             _checkin(cfg, root, bid, "failed", str(exc))
             raise
         emit({"event": "switch", "bundle": bid})

@@ -154,6 +154,7 @@ def device_update(
     fmt: str = typer.Option("onnx", "--format", help="graphs the smoke test runs: onnx or tflite"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 or int8"),
     no_checkin: bool = typer.Option(False, "--no-checkin", help="do not report to the registry"),
+    retry: bool = typer.Option(False, "--retry", help="try again a bundle that was refused here before"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Install the newest bundle for this target and channel: resume, verify, smoke-test, switch atomically."""
@@ -162,7 +163,7 @@ def device_update(
     try:
         cfg = UpdateConfig(server=server, target=target, channel=channel, root=root, public_key=public_key,
                            state_root=state, device_id=device_id, fmt=fmt, precision=precision,
-                           checkin=not no_checkin)
+                           checkin=not no_checkin, retry_refused=retry)
         res = update(cfg, _progress_printer(as_json))
     except (UpdateError, ValueError, FileNotFoundError, TypeError) as exc:
         _fail(f"{exc} (the installed bundle stays in use)")

@@ -189,6 +189,12 @@ def test_bundle_from_an_unpinned_signer_is_refused(server, device, bundles, keys
     assert os.readlink(device.root / "current") == f"versions/{a}"
     assert sorted(p.name for p in (device.root / "versions").iterdir()) == [a]
     assert status(device.root)["history"][-1]["event"] == "refused"
+    with pytest.raises(UpdateError, match="was refused here on .* not fetched again"):
+        update(device)  # the next poll does not download it again
+    import dataclasses
+
+    with pytest.raises(UpdateError, match="wrong signature"):
+        update(dataclasses.replace(device, retry_refused=True))
 
 
 def test_failed_smoke_test_keeps_the_old_bundle(server, device, bundles, keys):
@@ -200,6 +206,11 @@ def test_failed_smoke_test_keeps_the_old_bundle(server, device, bundles, keys):
     assert os.readlink(device.root / "current") == f"versions/{a}"
     assert sorted(p.name for p in (device.root / "versions").iterdir()) == [a]
     _infer(device.root, keys[0][1])
+    with pytest.raises(UpdateError, match="was refused here"):
+        update(device)
+    # a fixed bundle on the channel installs
+    b = publish(bundles["b"], server.url, "stable", TOKEN)["id"]
+    assert update(device).bundle == b
 
 
 class _Stop(Exception):
