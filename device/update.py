@@ -55,6 +55,7 @@ from edgekws.bundle import BundleError, load_public_key, unpack_bundle, verify_b
 from edgekws.fileio import atomic_open, atomic_write_bytes, atomic_write_json
 
 __all__ = [
+    "CurrentWatcher",
     "UpdateConfig",
     "UpdateError",
     "UpdateResult",
@@ -182,6 +183,31 @@ def current_bundle(root: str | os.PathLike | None = None) -> Path | None:
     """The installed bundle in use (``<root>/current``), or None before the first install."""
     r = _root(root)
     return r / "current" if _read_pointer(r, "current") else None
+
+
+class CurrentWatcher:
+    """Tells a running detector when an update or rollback switched ``<root>/current``.
+
+    ``watcher.changed()`` is cheap (one ``readlink``): True once per switch, after which the caller re-opens
+    ``watcher.path`` (the switch happens only after the new bundle passed its smoke test)::
+
+        w = CurrentWatcher(root)
+        for block in source:
+            if w.changed():
+                model = DeviceModel(open_bundle(w.path, key), state=...)
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = _root(root)
+        self.path = self.root / "current"
+        self.bundle = _read_pointer(self.root, "current")
+
+    def changed(self) -> bool:
+        now = _read_pointer(self.root, "current")
+        if now is None or now == self.bundle:
+            return False
+        self.bundle = now
+        return True
 
 
 @contextlib.contextmanager

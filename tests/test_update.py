@@ -18,6 +18,7 @@ from conftest import write_wav
 from edgekws.bundle import generate_keypair
 from edgekws.device.model import DeviceModel, current_version, list_versions, open_bundle, write_version
 from edgekws.device.update import (
+    CurrentWatcher,
     UpdateConfig,
     UpdateError,
     current_bundle,
@@ -89,8 +90,11 @@ def test_install_update_carry_heads_set_aside_and_rollback(server, device, bundl
     with pytest.raises(UpdateError, match="nothing published"):
         update(device)
     publish(bundles["a"], server.url, "stable", TOKEN)
+    watcher = CurrentWatcher(root)
+    assert watcher.bundle is None and not watcher.changed()
     events = []
     res = update(device, events.append)
+    assert watcher.changed() and watcher.bundle == a and not watcher.changed()
     assert res.status == "installed" and res.bundle == a and res.previous is None
     assert res.bytes_downloaded == res.size > 0 and res.resumed_from == 0 and res.checkin == "ok"
     assert res.smoke["bundle"]["classes"] == 3
@@ -120,6 +124,7 @@ def test_install_update_carry_heads_set_aside_and_rollback(server, device, bundl
     publish(bundles["b"], server.url, "stable", TOKEN)
     res = update(device)
     assert res.status == "installed" and res.bundle == b and res.previous == a and res.local_state == "carried"
+    assert watcher.changed() and watcher.bundle == b
     assert res.smoke["local"]["classes"] == 4  # the smoke test ran the carried head on b's embedding graph
     assert list_versions(state / b) == ["v0001"] and current_version(state / b) == "v0001"
     assert _infer(root, pub, state).shape == (1, 4)
