@@ -49,6 +49,7 @@ from edgekws.server.train import evaluate, train_model
 __all__ = [
     "PAPER",
     "ExperimentConfig",
+    "budget_points",
     "quick_config",
     "run_experiment",
     "write_report",
@@ -187,6 +188,28 @@ def quick_config(model: str = "cnn4", *, cross_validated: bool = False, **overri
 # Helpers ---------------------------------------------------------------------------------------------------
 
 
+def budget_points(per_class: Sequence[int], fractions: Sequence[float], n_classes: int,
+                  n_pool: int) -> tuple[dict[int, list[str]], list[int]]:
+    """Labelled-set sizes and the table points each stands for (``pc<P>``, ``frac<F>``), and skipped per-class sizes.
+
+    A fraction whose size lies within 1 % of the pool of a per-class size shares that size (20 % of 2,509 clips
+    is 502, 50/class of 10 classes is 500: one net, reported with its true percentage), so no net is trained twice
+    for nearly the same budget.
+    """
+    points: dict[int, list[str]] = {}
+    skipped = []
+    for p in per_class:
+        if p * n_classes <= n_pool:
+            points.setdefault(p * n_classes, []).append(f"pc{p}")
+        else:
+            skipped.append(p)
+    for f in fractions:
+        size = max(1, int(round(f * n_pool)))
+        near = [s for s in points if any(k.startswith("pc") for k in points[s]) and abs(s - size) <= 0.01 * n_pool]
+        points.setdefault(min(near, key=lambda s: abs(s - size)) if near else size, []).append(f"frac{f:g}")
+    return points, skipped
+
+
 def _is_cross_validated(ds: Dataset) -> bool:
     return not set(np.asarray(ds.folds).tolist()) <= {"train", "val", "test"}
 
@@ -317,14 +340,9 @@ def run_experiment(
         splits[str(fold)] = {"train": n_pool, "val": int(len(yv)), "test": int(len(yt))}
         if len(yt) == 0:
             raise ValueError(f"{ds.name}: the test split{' of fold ' + fold if fold else ''} is empty")
-        points: dict[int, list[str]] = {}
-        for p in cfg.per_class:
-            if p * c <= n_pool:
-                points.setdefault(p * c, []).append(f"pc{p}")
-            else:
-                notes.append(f"fold {fold}: {p}/class = {p * c} samples exceeds the pool of {n_pool}; skipped")
-        for f in cfg.fractions:
-            points.setdefault(max(1, int(round(f * n_pool))), []).append(f"frac{f:g}")
+        points, skipped = budget_points(cfg.per_class, cfg.fractions, c, n_pool)
+        notes.extend(f"fold {fold}: {p}/class = {p * c} samples exceeds the pool of {n_pool}; skipped"
+                     for p in skipped)
         budgets = tuple(sorted(points))
         seed_size = min(cfg.seed_per_class * c, budgets[0])
         xv_, yv_ = (xv, yv) if len(yv) else (None, None)

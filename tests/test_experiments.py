@@ -13,6 +13,7 @@ from edgekws.server.data import prepare
 from edgekws.server.experiments import (
     PAPER,
     ExperimentConfig,
+    budget_points,
     load_reference,
     quick_config,
     report_markdown,
@@ -122,6 +123,15 @@ def test_cross_validated_dataset_runs_per_fold(tmp_path):
     assert "2 test fold(s) 1, 3" in report_markdown(report)
     with pytest.raises(ValueError, match="no fold '9'"):
         run_experiment(ds, tiny(folds=("9",)), tmp_path / "bad")
+
+
+def test_budget_points_share_nearly_equal_sizes():
+    points, skipped = budget_points((20, 30, 50), (0.1, 0.2, 0.3, 0.4, 0.5, 0.6), 10, 2509)
+    # 20 % of 2,509 (502) is within 1 % of the pool of 50/class (500): one net serves both points
+    assert points[500] == ["pc50", "frac0.2"] and 502 not in points
+    assert sorted(points) == [200, 251, 300, 500, 753, 1004, 1254, 1505] and skipped == []
+    points, skipped = budget_points((5, 50), (0.5,), 10, 300)
+    assert points == {50: ["pc5"], 150: ["frac0.5"]} and skipped == [50]
 
 
 def test_config_and_input_errors(speech, tmp_path):
