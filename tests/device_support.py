@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,8 @@ def export_onnx(module, example, path: Path) -> None:
     import torch
 
     module.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but quick for a fixture
         torch.onnx.export(module, (example,), str(path), input_names=["mfcc"], output_names=["out"],
                           dynamic_axes={"mfcc": {0: "batch"}, "out": {0: "batch"}}, dynamo=False)
 
@@ -65,7 +67,8 @@ def build_bundle(model, fc: FeatureConfig, classes, out: Path, *, coreset: Path 
     try:
         if static_batch:
             for mod, name in ((model, "model.onnx"), (Embed(model).eval(), "embedding.onnx")):
-                with torch.no_grad():
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
                     torch.onnx.export(mod, (ex,), str(stage / name), input_names=["mfcc"], output_names=["out"],
                                       dynamo=False)
         else:
