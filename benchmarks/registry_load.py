@@ -123,6 +123,7 @@ def main() -> None:
     from edgekws.bundle import generate_keypair
     from edgekws.server.registry import publish
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="edgekws-load-") as tmp:
         tmp = Path(tmp)
         priv, pub = generate_keypair(tmp / "keys")
@@ -169,7 +170,8 @@ def main() -> None:
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "python": platform.python_version(), "fastapi": fastapi.__version__,
-                    "uvicorn": uvicorn.__version__, "note": "server and clients share this machine; loopback only"},
+                    "uvicorn": uvicorn.__version__, "note": "server and clients share this machine; loopback only",
+                    "loadavg_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]},
         "published": published, "scenarios": scenarios,
         "total_requests": sum(s["requests"] for s in scenarios),
         "total_failures": sum(s["failures"] for s in scenarios),
@@ -185,7 +187,9 @@ def main() -> None:
          f"{args.concurrency} client threads on the same {os.cpu_count()}-core machine ({platform.machine()}, "
          f"Python {platform.python_version()}); {args.rounds} rounds of {args.concurrency} simultaneous requests per "
          "scenario. Every download is checked (length + sha256 against `X-Content-SHA256`). Latency = request to "
-         "last byte."),
+         "last byte. The machine is shared: 1-minute load average "
+         f"{report['machine']['loadavg_1min_before_after'][0]:.1f} before and "
+         f"{report['machine']['loadavg_1min_before_after'][1]:.1f} after the run (2 = both cores busy)."),
         "",
         "| scenario | requests | failures | p50 ms | p90 ms | p99 ms | max ms | TTFB p50 ms | req/s | MB/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
