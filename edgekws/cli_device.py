@@ -6,6 +6,7 @@ Thin shells over :mod:`edgekws.device`; nothing here imports torch, so they run 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,24 +44,26 @@ _KEY_HELP = "signer's public key (PEM file or key folder); default $EDGEKWS_HOME
 _EMBEDDED_HELP = "check integrity against the key inside the manifest (does not prove who signed it)"
 
 
-def _open_model(bundle: Path, fmt: str | None, precision: str | None, threads: int, state: Path | None,
+def _load_model(bundle: Path, fmt: str | None, precision: str | None, threads: int, state: Path | None,
                 use_local: bool, public_key: Path | None = None, embedded_key: bool = False, calibrate: bool = True):
-    from edgekws.device.model import (
-        DeviceModel,
-        DeviceModelError,
-        open_bundle,
-        state_dir_for,
-    )
+    """Verify and open a bundle's model (raises DeviceModelError)."""
+    from edgekws.device.model import DeviceModel, open_bundle, state_dir_for
+
+    info = open_bundle(bundle, public_key, trust_embedded_key=embedded_key)
+    rec = info.manifest.get("recommended") or {}
+    if fmt is None:
+        fmt = str(rec.get("format", "onnx"))
+    if precision is None:
+        precision = str(rec.get("precision", "fp32")) if fmt == rec.get("format", fmt) else "fp32"
+    sd = state_dir_for(info, state) if use_local else None
+    return DeviceModel(info, fmt=fmt, precision=precision, threads=threads, state=sd, calibrate=calibrate)
+
+
+def _open_model(*args, **kwargs):
+    from edgekws.device.model import DeviceModelError
 
     try:
-        info = open_bundle(bundle, public_key, trust_embedded_key=embedded_key)
-        rec = info.manifest.get("recommended") or {}
-        if fmt is None:
-            fmt = str(rec.get("format", "onnx"))
-        if precision is None:
-            precision = str(rec.get("precision", "fp32")) if fmt == rec.get("format", fmt) else "fp32"
-        sd = state_dir_for(info, state) if use_local else None
-        return DeviceModel(info, fmt=fmt, precision=precision, threads=threads, state=sd, calibrate=calibrate)
+        return _load_model(*args, **kwargs)
     except DeviceModelError as exc:
         _fail(str(exc))
 
@@ -122,23 +125,55 @@ def listen(
                           sample_rate=fc.sample_rate, max_seconds=seconds)
     except (AudioSourceError, ValueError) as exc:
         _fail(str(exc))
-    det = Detector(model, fc, dcfg)
     detections: list = []
-    last_check = time.monotonic()
+    cur = {"model": model, "det": Detector(model, fc, dcfg)}
+    seen = {"samples": 0}
     limit = None if seconds is None else int(seconds * fc.sample_rate)
+    # `--bundle <root>/current` (a symlink that `device update` / `rollback` switch): follow the switch
+    link = bundle if bundle.is_symlink() else None
+    target = os.readlink(link) if link is not None else None
+    every = 2 * fc.sample_rate  # look for a new bundle or local version every 2 s of audio
+    open_args = (fmt, precision, threads, state, local, public_key, embedded_key, calibrate)
+
+    def check() -> None:
+        nonlocal target
+        from edgekws.device.model import DeviceModelError
+
+        if link is not None:
+            try:
+                now = os.readlink(link)
+            except OSError:
+                now = target
+            if now != target:
+                target = now
+                try:
+                    new = _load_model(bundle, *open_args)
+                except DeviceModelError as exc:
+                    console.print(f"[yellow]bundle switched to {now} but refused ({exc}); keeping the old one[/]")
+                    return
+                if new.feature_config.sample_rate != fc.sample_rate:
+                    console.print(f"[yellow]bundle {now} wants {new.feature_config.sample_rate} Hz audio; restart "
+                                  "listen to use it[/]")
+                    return
+                cur["model"], cur["det"] = new, Detector(new, new.feature_config, dcfg)
+                console.print(f"[cyan]switched to bundle {now}[/]")
+                return
+        m = cur["model"]
+        if m.state is not None and m.reload():
+            cur["det"].model_changed()
+            console.print(f"[cyan]switched to local model {m.version}[/]")
 
     def updates():
-        nonlocal last_check
+        next_check = every
         with src:
             for block in src:
-                if limit is not None and det.samples_seen >= limit:
+                if limit is not None and seen["samples"] >= limit:
                     break
-                yield from det.feed(block)
-                if model.state is not None and time.monotonic() - last_check > 2.0:
-                    last_check = time.monotonic()
-                    if model.reload():
-                        det.model_changed()
-                        console.print(f"[cyan]switched to local model {model.version}[/]")
+                seen["samples"] += len(block)
+                yield from cur["det"].feed(block)
+                if seen["samples"] >= next_check:
+                    next_check = seen["samples"] + every
+                    check()
 
     try:
         if as_json:
@@ -148,16 +183,16 @@ def listen(
                     sys.stdout.write(json.dumps(upd.detection.to_dict()) + "\n")
                     sys.stdout.flush()
         else:
-            _live_view(updates(), det, detections, src_name=getattr(src, "name", "audio"))
+            _live_view(updates(), lambda: cur["det"].classes, detections, src_name=getattr(src, "name", "audio"))
     except AudioSourceError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         pass
     if not as_json:
-        console.print(f"{len(detections)} detection(s) in {det.samples_seen / fc.sample_rate:.1f} s of audio")
+        console.print(f"{len(detections)} detection(s) in {seen['samples'] / fc.sample_rate:.1f} s of audio")
 
 
-def _live_view(updates, det, detections: list, src_name: str) -> None:
+def _live_view(updates, classes, detections: list, src_name: str) -> None:
     from rich.console import Group
     from rich.live import Live
     from rich.table import Table
@@ -168,7 +203,7 @@ def _live_view(updates, det, detections: list, src_name: str) -> None:
         order = sorted(range(len(upd.probs)), key=lambda i: -upd.probs[i])[:3]
         for i in order:
             p = float(upd.probs[i])
-            top.add_row(f"{det.classes[i]:>12}", "▇" * round(p * 20), f"{p:.2f}")
+            top.add_row(f"{classes()[i]:>12}", "▇" * round(p * 20), f"{p:.2f}")
         recent = Text("\n".join(f"{d.time:8.2f}s  {d.keyword}  {d.score:.2f}" for d in detections[-5:]) or "–")
         head = Text(f"{src_name}  t={upd.time:7.2f}s  level {upd.level_db:6.1f} dB  {_meter(upd.level_db)}")
         return Group(head, Text("top scores", style="bold"), top, Text("detections", style="bold"), recent)

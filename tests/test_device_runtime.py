@@ -476,3 +476,49 @@ def test_microphone_source_resamples_a_device_stream(monkeypatch):
     assert 0.9 * 16000 <= out.size <= 16000
     spec = np.abs(np.fft.rfft(out[2000:12000]))
     assert abs(np.argmax(spec) * 16000 / 10000 - 440) < 5  # still a 440 Hz tone after resampling
+
+
+def test_listen_follows_a_switched_current_link(bundle, tmp_path):
+    """`listen --bundle <root>/current` re-opens the bundle when an update or rollback switches the link, and keeps
+    the old one when the new one does not verify."""
+    import shutil
+
+    root = tmp_path / "root"
+    (root / "versions").mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        shutil.copytree(bundle, root / "versions" / name)
+    with open(root / "versions" / "c" / "head.npz", "r+b") as fh:  # c is damaged
+        fh.seek(50)
+        b = fh.read(1)
+        fh.seek(50)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    cur = root / "current"
+    os.symlink("versions/a", cur)
+
+    def switch(name):
+        tmp = root / ".current.tmp"
+        os.symlink(f"versions/{name}", tmp)
+        os.replace(tmp, cur)
+
+    rng = np.random.default_rng(0)
+    seg = (rng.standard_normal(8 * 16000) * 300).astype("<i2").tobytes()  # 8 s of quiet noise, 16-bit PCM
+    code = "import sys; from edgekws.cli import app; sys.argv = ['edgekws'] + sys.argv[1:]; app()"
+    p = subprocess.Popen([sys.executable, "-c", code, "listen", "--bundle", str(cur), "--public-key",
+                          str(bundle_public_key(bundle)), "--stdin", "--json", "--bundle-only"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200"))
+    # a pipe holds ~2 s of audio, so each write returns only once all but ~2 s of it were consumed: the switch
+    # to b is seen by the check at 10 s at the latest, before the switch to c
+    p.stdin.write(seg)
+    switch("b")
+    p.stdin.write(seg)
+    switch("c")
+    p.stdin.write(seg)
+    p.stdin.close()
+    err = p.stderr.read().decode()
+    p.wait(timeout=120)
+    assert p.returncode == 0, err
+    text = " ".join(err.split())
+    assert "switched to bundle versions/b" in text
+    assert "bundle switched to versions/c but refused" in text and "keeping the old one" in text
+    assert text.index("versions/b") < text.index("versions/c")
