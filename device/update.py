@@ -365,6 +365,9 @@ def _download(url: str, dl: Path, release: dict, cfg: UpdateConfig, emit: Progre
         try:
             resp = urllib.request.urlopen(req, timeout=cfg.http_timeout)  # noqa: S310 - http(s) checked in cfg
         except urllib.error.HTTPError as exc:
+            if exc.code == 416:  # the part does not fit the server's archive: start over next time
+                part.unlink(missing_ok=True)
+                meta.unlink(missing_ok=True)
             raise UpdateError(f"download of {bid} failed: {exc.code} {_detail(exc)}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise UpdateError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None

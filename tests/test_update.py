@@ -222,7 +222,8 @@ class _Stop(Exception):
     pass
 
 
-def test_interrupted_download_resumes_with_a_range_request(server, device, bundles, keys):
+@pytest.mark.parametrize("stale_part", [False, True])
+def test_interrupted_download_resumes_with_a_range_request(server, device, bundles, keys, stale_part):
     info = publish(bundles["big"], server.url, "stable", TOKEN)
     size = info["size"]
 
@@ -237,8 +238,14 @@ def test_interrupted_download_resumes_with_a_range_request(server, device, bundl
     assert size // 2 <= have < size
     assert current_bundle(device.root) is None
     assert status(device.root)["partial_downloads"] == [part.name]
-    res = update(device)
-    assert res.status == "installed" and res.resumed_from == have and res.bytes_downloaded == size - have
+    if stale_part:  # the part was cut from another copy of the archive: If-Range makes the server send it whole
+        meta = part.with_name(f"{info['id']}.json")
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "etag": '"stale"'}))
+        res = update(device)
+        assert res.status == "installed" and res.resumed_from == 0 and res.bytes_downloaded == size
+    else:
+        res = update(device)
+        assert res.status == "installed" and res.resumed_from == have and res.bytes_downloaded == size - have
     assert not part.exists()
     _infer(device.root, keys[0][1])
 
