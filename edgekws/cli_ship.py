@@ -85,6 +85,49 @@ def serve_cmd(
         _fail(f"cannot listen on {host}:{port} ({exc})")
 
 
+@server_app.command("promote")
+def promote_cmd(
+    bundle_id: str = typer.Argument(..., help="id of a stored bundle (see `deploy --json` or GET /v1/bundles)"),
+    server: str = typer.Option(..., "--server", help="registry URL"),
+    target: str = typer.Option("rpi", "--target"),
+    channel: str = typer.Option("stable", "--channel"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="EDGEKWS_REGISTRY_TOKEN",
+                                        help="publish token (default $EDGEKWS_HOME/registry.token)"),
+) -> None:
+    """Point a channel at a stored bundle: promote beta to stable, or roll a channel back (devices follow)."""
+    from edgekws.server.registry import RegistryError, set_channel
+
+    try:
+        info = set_channel(server, target, channel, bundle_id, token)
+    except RegistryError as exc:
+        _fail(str(exc))
+    console.print(f"{target}/{channel} now serves {info['id']} (created {info['created_at']})")
+
+
+@server_app.command("devices")
+def devices_cmd(
+    server: str = typer.Option(..., "--server", help="registry URL"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="EDGEKWS_REGISTRY_TOKEN",
+                                        help="publish token (default $EDGEKWS_HOME/registry.token)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Which device runs which bundle: the last check-in of every device."""
+    from edgekws.server.registry import RegistryError, list_devices
+
+    try:
+        devs = list_devices(server, token)
+    except RegistryError as exc:
+        _fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(devs) + "\n")
+        return
+    for d in devs:
+        sys.stdout.write(f"{d['device_id']:24s} {d['target']}/{d['channel']:8s} {d['bundle'] or '-':16s} "
+                         f"{d['status']:12s} {d['at']}  {d['detail']}\n")
+    if not devs:
+        sys.stdout.write("no device has checked in\n")
+
+
 def publish_bundle(bundle: Path, server: str, channel: str = "stable", token: Optional[str] = None,
                    target: Optional[str] = None) -> dict:
     """Publish and print one line; exits with a clear message on refusal (shared by ``deploy`` and ``distill``)."""

@@ -60,10 +60,12 @@ __all__ = [
     "RegistryServer",
     "create_app",
     "default_token_path",
+    "list_devices",
     "publish",
     "read_token",
     "resolve_server_token",
     "serve",
+    "set_channel",
 ]
 
 DEFAULT_CHANNELS = ("stable", "beta")
@@ -804,11 +806,7 @@ def publish(bundle: str | os.PathLike, server: str, channel: str = "stable", tok
     src = Path(bundle)
     if not src.exists():
         raise FileNotFoundError(f"no bundle at {src}")
-    if token is None:
-        token = os.environ.get(TOKEN_ENV) or (read_token(default_token_path())
-                                              if default_token_path().is_file() else None)
-    if not token:
-        raise RegistryError(f"no publish token: pass one, set ${TOKEN_ENV} or put it in {default_token_path()}")
+    token = _token_or_default(token)
     with tempfile.TemporaryDirectory(prefix="edgekws-publish-") as tmp:
         tar = src if src.is_file() else pack_bundle(src, Path(tmp) / "bundle.tar")
         query = {"channel": channel, **({"target": target} if target else {})}
@@ -825,3 +823,52 @@ def publish(bundle: str | os.PathLike, server: str, channel: str = "stable", tok
         return json.loads(body)
     except json.JSONDecodeError:
         raise RegistryError(f"{server} answered {status} without JSON: is it an edgekws registry?", status) from None
+
+
+def _token_or_default(token: str | None) -> str:
+    if token is None:
+        token = os.environ.get(TOKEN_ENV) or (read_token(default_token_path())
+                                              if default_token_path().is_file() else None)
+    if not token:
+        raise RegistryError(f"no publish token: pass one, set ${TOKEN_ENV} or put it in {default_token_path()}")
+    return token
+
+
+def _json_request(method: str, url: str, token: str, body: dict | None, timeout: float) -> dict:
+    import http.client
+
+    u = urllib.parse.urlsplit(url)
+    cls = http.client.HTTPConnection if u.scheme == "http" else http.client.HTTPSConnection
+    con = cls(u.hostname, u.port, timeout=timeout)
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    try:
+        con.request(method, u.path + (f"?{u.query}" if u.query else ""), body=data, headers=headers)
+        resp = con.getresponse()
+        status, raw, reason = resp.status, resp.read(), resp.reason
+    except OSError as exc:
+        raise RegistryError(f"cannot reach {u.scheme}://{u.netloc}: {exc}") from None
+    finally:
+        con.close()
+    if status >= 400:
+        raise RegistryError(f"{method} {u.path} refused ({status}): {_error_detail(status, raw, reason)}", status)
+    return json.loads(raw)
+
+
+def set_channel(server: str, target: str, channel: str, bundle_id: str, token: str | None = None, *,
+                timeout: float = 30.0) -> dict:
+    """Point ``target``/``channel`` at a stored bundle (promote beta to stable, or roll a channel back)."""
+    base = _check_url(server)
+    for kind, v in (("target", target), ("channel", channel)):
+        if not NAME_RE.match(v):
+            raise RegistryError(f"invalid {kind} {v!r}")
+    return _json_request("PUT", f"{base}/v1/targets/{target}/channels/{channel}", _token_or_default(token),
+                         {"bundle": bundle_id}, timeout)
+
+
+def list_devices(server: str, token: str | None = None, *, timeout: float = 30.0) -> list[dict]:
+    """The last check-in of every device."""
+    return _json_request("GET", f"{_check_url(server)}/v1/devices", _token_or_default(token), None,
+                         timeout)["devices"]

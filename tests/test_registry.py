@@ -52,8 +52,8 @@ def server(tmp_path, keys):
 
 
 def request(srv, method, path, body=None, headers=None):
-    """(status, headers, body bytes) of one raw request; the path is sent exactly as given."""
-    u = urllib.parse.urlsplit(srv.url)
+    """(status, headers, body bytes) of one raw request to a server (or its URL); the path is sent as given."""
+    u = urllib.parse.urlsplit(getattr(srv, "url", srv))
     con = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
     try:
         con.putrequest(method, path, skip_accept_encoding=True)
@@ -383,6 +383,21 @@ def test_serve_and_deploy_commands(tmp_path, keys, bundles):
         assert res.exit_code == 0, res.output
         info = json.loads(res.stdout.strip().splitlines()[-1])
         assert info["channels"] == ["beta"] and info["created"] is True
+        res = runner.invoke(app, ["deploy", "--bundle", str(bundles["b"]), "--server", url, "--token", TOKEN])
+        assert res.exit_code == 0, res.output
+        res = runner.invoke(app, ["server", "promote", info["id"], "--server", url, "--channel", "stable",
+                                  "--token", TOKEN])
+        assert res.exit_code == 0 and f"rpi/stable now serves {info['id']}" in out(res)
+        res = runner.invoke(app, ["server", "promote", "0" * 16, "--server", url, "--token", TOKEN])
+        assert res.exit_code == 2 and "404" in out(res) and "no bundle" in out(res)
+        status, _, body = request(url, "POST", "/v1/devices/pi-7/checkin",
+                                  json.dumps({"target": "rpi", "channel": "stable", "bundle": info["id"],
+                                              "status": "installed"}).encode(), {"Content-Type": "application/json"})
+        assert status == 201
+        res = runner.invoke(app, ["server", "devices", "--server", url, "--token", TOKEN, "--json"])
+        assert res.exit_code == 0 and [d["device_id"] for d in json.loads(res.stdout)] == ["pi-7"]
+        res = runner.invoke(app, ["server", "devices", "--server", url, "--token", "x" * 20])
+        assert res.exit_code == 2 and "403" in out(res)
         res = runner.invoke(app, ["deploy", "--bundle", str(bundles["untrusted"]), "--server", url, "--token", TOKEN])
         assert res.exit_code == 2 and "422" in out(res) and "not by the trusted key" in out(res)
         res = runner.invoke(app, ["deploy", "--bundle", str(bundles["a"]), "--server", url, "--token", "x" * 20])
