@@ -189,7 +189,7 @@ def listen(
     except KeyboardInterrupt:
         pass
     if not as_json:
-        console.print(f"{len(detections)} detection(s) in {seen['samples'] / fc.sample_rate:.1f} s of audio")
+        Console().print(f"\n{len(detections)} detection(s) in {seen['samples'] / fc.sample_rate:.1f} s of audio")
 
 
 def _live_view(updates, classes, detections: list, src_name: str) -> None:
