@@ -267,7 +267,8 @@ class LabelServer:
                     if label is not None and len(label) > 64:
                         raise ValueError("label is longer than 64 characters")
                     with server._lock:
-                        server._store.clip(cid)
+                        if not server._store.clip(cid).requested:
+                            raise KeyError(cid)  # only clips the device asked about are labelled here
                         if label is not None and label not in server.known():
                             server._store.add_class(label)
                         server._store.set_label(cid, label)

@@ -289,7 +289,9 @@ def collect_cmd(
         pending = len(store.pending())
     console.print(f"{total['segments']} segment(s), {total['clips']} clip(s) stored; "
                   f"{len(total['requested'])} new label request(s), {pending} pending. State: {sd}")
-    console.print("next: edgekws device label --bundle " + str(bundle) + " [--web]")
+    again = f"--bundle {bundle}" + (f" --public-key {public_key}" if public_key else "") + \
+        (f" --state {state}" if state else "")
+    console.print(f"next: edgekws device label {again} [--web]")
 
 
 @device_app.command("label")

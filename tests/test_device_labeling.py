@@ -341,6 +341,7 @@ def test_label_server_api_is_loopback_only_and_validates(label_db):
         post = {"Content-Type": "application/json"}
         assert _request(base + "api/label", b'{"id": 1, "label": "yes"}', {"Content-Type": "text/plain"})[0] == 415
         assert _request(base + "api/label", b'{"id": 99, "label": "yes"}', post)[0] == 404
+        assert _request(base + "api/label", b'{"id": 3, "label": "yes"}', post)[0] == 404  # not requested
         assert _request(base + "api/label", b'{"id": 1, "label": ""}', post)[0] == 400
         assert _request(base + "api/label", b'not json', post)[0] == 400
         assert _request(base + "api/label", b'{"id": 1, "label": "lights"}', post)[0] == 200
