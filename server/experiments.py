@@ -43,7 +43,7 @@ from edgekws.server.active_learning import (
     small_set_train_config,
 )
 from edgekws.server.data import Prepared, prepare
-from edgekws.server.rfad import Coreset, RFADConfig, distill
+from edgekws.server.rfad import Coreset, RFADConfig, distill, random_real_coreset
 from edgekws.server.train import evaluate, train_model
 
 __all__ = [
@@ -94,6 +94,8 @@ class ExperimentConfig:
         rfad: distillation settings (``per_class`` and ``seed`` are set per case).
         coreset_dirs: folders searched for finished coresets ``coreset[_f<fold>]_pc<P>_s<S>.npz`` before
             distilling; one is used only when its classes and fitted FeatureConfig equal this split's.
+        random_mse: also train on class-balanced random real samples of every coreset size with one-hot MSE, the
+            coreset's own recipe (the fair baseline for RFAD: the recipe alone is worth points on small sets).
         full_data: also train on the whole pool with the same recipe (the 100 % point).
         normalization: feature normalisation ("global": statistics of the training split).
         device, threads: torch device and CPU threads.
@@ -115,6 +117,7 @@ class ExperimentConfig:
     mc_passes: int = 20
     rfad: RFADConfig = field(default_factory=_default_rfad)
     coreset_dirs: tuple[str, ...] = ()
+    random_mse: bool = True
     full_data: bool = True
     normalization: str = "global"
     device: str = "auto"
@@ -319,10 +322,11 @@ def run_experiment(
     for sub in ("al", "cases", "coresets"):
         (work / sub).mkdir(parents=True, exist_ok=True)
     feature_cfg = FeatureConfig(normalization=cfg.normalization, clip_seconds=ds.clip_seconds)
-    n_cases = len(folds) * len(cfg.seeds) * (len(cfg.strategies) + len(cfg.per_class) + int(cfg.full_data))
+    n_cases = len(folds) * len(cfg.seeds) * (len(cfg.strategies) + len(cfg.per_class) * (1 + int(cfg.random_mse))
+                                             + int(cfg.full_data))
     done = 0
     notes: list[str] = []
-    al_runs, rfad_runs, full_runs, splits = [], [], [], {}
+    al_runs, rfad_runs, random_runs, full_runs, splits = [], [], [], [], {}
 
     def tick(case: str) -> None:
         nonlocal done
@@ -393,6 +397,23 @@ def run_experiment(
                     atomic_write_json(case_path, case)
                 rfad_runs.append(case)
                 tick(f"RFAD {pc}/class seed {seed}")
+            for pc in cfg.per_class if cfg.random_mse else ():
+                if pc * c > n_pool:
+                    continue
+                case_path = work / "cases" / f"random_mse{_tag(fold)}_pc{pc}_s{seed}.json"
+                case = _read_json(case_path)
+                if case is None:
+                    t0 = time.perf_counter()
+                    xr, yr = random_real_coreset(xtr, ytr, pc, seed=seed, n_classes=c)
+                    res = train_model(xr, yr, xv_, yv_, prep.feature_cfg, c, cfg.train_config(seed, "mse"),
+                                      inputs="features")
+                    acc = evaluate(res.model, xt, yt, c)["accuracy"]
+                    case = {"method": "random_mse", "point": f"pc{pc}", "fold": fold, "seed": seed,
+                            "labelled": int(len(xr)), "percent": 100.0 * len(xr) / n_pool,
+                            "test_accuracy": 100.0 * acc, "train_seconds": time.perf_counter() - t0}
+                    atomic_write_json(case_path, case)
+                random_runs.append(case)
+                tick(f"random real (MSE) {pc}/class seed {seed}")
             if cfg.full_data:
                 case_path = work / "cases" / f"full{_tag(fold)}_s{seed}.json"
                 case = _read_json(case_path)
@@ -414,7 +435,7 @@ def run_experiment(
         "environment": run_environment(), "wall_seconds": time.perf_counter() - t_start,
         "paper": {"citation": PAPER_CITATION, "model": PAPER_MODEL, **PAPER.get(ds.name, {})},
         "reference": reference, "notes": notes,
-        "runs": {"active_learning": al_runs, "rfad": rfad_runs, "full": full_runs},
+        "runs": {"active_learning": al_runs, "rfad": rfad_runs, "random_mse": random_runs, "full": full_runs},
     }
     report["summary"] = summarise(report)
     return report
@@ -422,8 +443,8 @@ def run_experiment(
 
 def summarise(report: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (method, point): labelled samples and % of the pool (means over runs), accuracy mean ± std."""
-    runs = report["runs"]["active_learning"] + report["runs"]["rfad"] + report["runs"]["full"]
-    order_m = {m: i for i, m in enumerate((*STRATEGIES, "rfad", "full"))}
+    runs = [r for kind in ("active_learning", "random_mse", "rfad", "full") for r in report["runs"].get(kind, [])]
+    order_m = {m: i for i, m in enumerate((*STRATEGIES, "random_mse", "rfad", "full"))}
 
     def point_order(p: str) -> tuple[int, float]:
         if p.startswith("pc"):
@@ -444,7 +465,8 @@ def summarise(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 # The report ------------------------------------------------------------------------------------------------
 
-_METHOD_NAMES = {**LABELS, "rfad": "RFAD coreset", "full": "Full data (same recipe)"}
+_METHOD_NAMES = {**LABELS, "random_mse": "Random real, coreset recipe (MSE)", "rfad": "RFAD coreset",
+                 "full": "Full data (same recipe)"}
 
 
 def _point_name(point: str, n_classes: int) -> str:
@@ -479,7 +501,8 @@ def report_markdown(report: dict[str, Any], *, title: str | None = None) -> str:
         f"Test accuracy %, mean ± std over {runs_over} (n = runs). Split train (pool)/val/test: {split}. "
         f"Every net: {report['model']}, {cfg['epochs']} epochs of at least {cfg['min_steps_per_epoch']} steps "
         f"(batch {cfg['batch_size']}), SpecAugment, best epoch on the validation split, cross-entropy on real "
-        f"labelled samples, MSE on a coreset's learned labels. Active learning: class-balanced random seed set of "
+        f"labelled samples, MSE on a coreset's learned labels (and, as RFAD's fair baseline, on one-hot labels of "
+        f"class-balanced random real samples of the coreset's size). Active learning: class-balanced random seed set of "
         f"{cfg['seed_per_class']}/class, acquisition straight to each budget"
         + (f" in batches of at most {cfg['max_batch']}" if cfg["max_batch"] else "")
         + f", retrained from scratch every round; uncertainty from {cfg['mc_passes']} MC-dropout passes. RFAD: "
@@ -526,7 +549,7 @@ def report_markdown(report: dict[str, Any], *, title: str | None = None) -> str:
         lines += ["", "Side by side (accuracy %, mean ± std):", "",
                   "| method | " + " | ".join(_point_name(p, 0) for p in points) + " |",
                   "|---|" + "---|" * len(points)]
-        for method in (*STRATEGIES, "rfad"):
+        for method in (*STRATEGIES, "random_mse", "rfad"):
             cells = []
             for p in points:
                 row = next((r for r in report["summary"] if r["method"] == method and r["point"] == p), None)
@@ -567,6 +590,11 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
         for r in rf:
             ax.annotate(_point_name(r["point"], 0), (r["percent"], r["accuracy"]["mean"]), textcoords="offset points",
                         xytext=(6, -12), fontsize=8, color="tab:red")
+    rm = sorted((r for r in summary if r["method"] == "random_mse"), key=lambda r: r["percent"])
+    if rm:
+        ax.errorbar([r["percent"] for r in rm], [r["accuracy"]["mean"] for r in rm],
+                    yerr=[r["accuracy"]["std"] for r in rm], fmt="x", ms=8, color="tab:orange", capsize=3,
+                    label="random real, coreset recipe (MSE)")
     full = [r for r in summary if r["method"] == "full"]
     if full:
         ax.errorbar([100.0], [full[0]["accuracy"]["mean"]], yerr=[full[0]["accuracy"]["std"]], fmt="s", ms=7,

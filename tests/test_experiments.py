@@ -52,12 +52,13 @@ def test_experiment_runs_every_case_and_resumes(speech, tmp_path):
         assert rows[(method, "pc2")]["labelled"] == 6 and rows[(method, "pc4")]["labelled"] == 12
         assert rows[(method, "frac0.5")]["labelled"] == round(0.5 * n_pool)
     assert rows[("rfad", "pc2")]["labelled"] == 6 and rows[("rfad", "pc4")]["labelled"] == 12
+    assert rows[("random_mse", "pc2")]["labelled"] == 6 and rows[("random_mse", "pc4")]["labelled"] == 12
     assert ("full", "full") not in rows  # --quick skips the full-data run
     for r in report["summary"]:
         assert 0.0 <= r["accuracy"]["mean"] <= 100.0 and r["accuracy"]["n"] == 1
         assert r["percent"] == pytest.approx(100.0 * r["labelled"] / n_pool)
     cases = [e for e in events if e["event"] == "experiment"]
-    assert [e["done"] for e in cases] == list(range(1, 7)) and cases[-1]["total"] == 6
+    assert [e["done"] for e in cases] == list(range(1, 9)) and cases[-1]["total"] == 8
     assert any(e["event"] == "distill" for e in events)
     # a rerun finds every case finished: nothing is trained or distilled again, the numbers are the same
     again = []
@@ -113,8 +114,10 @@ def test_reuses_only_matching_coresets(speech, tmp_path):
 
 def test_cross_validated_dataset_runs_per_fold(tmp_path):
     ds = load_us8k(make_us8k(tmp_path / "us8k", per_fold=10))
-    cfg = tiny(strategies=("random", "entropy"), per_class=(1,), fractions=(0.5,), folds=("1", "3"))
+    cfg = tiny(strategies=("random", "entropy"), per_class=(1,), fractions=(0.5,), folds=("1", "3"), full_data=True)
     report = run_experiment(ds, cfg, tmp_path / "work")
+    full = next(r for r in report["summary"] if r["method"] == "full")
+    assert full["labelled"] == 60 and full["percent"] == 100.0
     assert report["cross_validated"] and report["folds"] == ["1", "3"]
     assert set(report["splits"]) == {"1", "3"} and report["splits"]["1"]["train"] == 60
     for r in report["summary"]:
