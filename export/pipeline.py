@@ -193,6 +193,10 @@ def export_bundle(
     jobs = [(kind, fmt, prec) for fmt in ("onnx", "tflite") if fmt in wanted
             for kind in tgt.graphs for prec in tgt.precisions
             if (kind, fmt, prec) in GRAPH_FILES]
+    if cal is None and any(j[1:] == ("tflite", "int8") for j in jobs):
+        jobs = [j for j in jobs if j[1:] != ("tflite", "int8")]
+        skipped["tflite_int8"] = "int8 TFLite needs calibration features (give a coreset or real clips)"
+        notes.append(f"int8 TFLite skipped: {skipped['tflite_int8']}")
     ref = {kind: torch_outputs(model, ex, kind) for kind in tgt.graphs}
     parity: dict[str, dict[str, Any]] = {}
     files: dict[str, Path] = {}
@@ -214,7 +218,7 @@ def export_bundle(
                         ey if kind == "classifier" else None, logits=kind == "classifier")
             p.update(size_bytes=path.stat().st_size, compared_on=eval_source)
             if prec == "int8":
-                p["quantization"] = ("static" if cal is not None else "dynamic") if fmt == "tflite" else quant
+                p["quantization"] = "static" if fmt == "tflite" else quant
                 p["calibration"] = cal_source
             if prec == "fp32" and p["rel_max_diff"] > FP32_TOLERANCE:
                 raise ValueError(f"{name} does not reproduce the torch model: max |difference| {p['max_abs_diff']:.3g} "

@@ -2,8 +2,9 @@
 
 fp32: a direct conversion. int8: PT2E static quantization (per-channel symmetric int8 weights, int8 activations
 calibrated on real or coreset features) converted to a fully-int8 graph whose input and output are int8 too; the
-scale and zero point of each are in the graph (:func:`run_tflite` applies them). Without calibration data the int8
-graph uses dynamic-range quantization (int8 weights, float input/output).
+scale and zero point of each are in the graph (:func:`run_tflite` applies them). int8 needs calibration data:
+litert-torch 0.10's dynamic-range path (PT2E ``is_dynamic=True``) produced graphs whose output did not depend on the
+input for our DS-CNN, so it is not offered.
 
 The graphs have a static single-clip input ``(1, 1, n_mfcc, frames)``: TFLite interpreters on boards resize
 poorly, and a keyword spotter runs one window at a time.
@@ -73,17 +74,17 @@ def export_tflite(model: torch.nn.Module, path: str | os.PathLike, *, kind: str 
                 quantize_pt2e,
             )
 
-            dynamic = calibration is None or len(calibration) == 0
+            if calibration is None or len(calibration) == 0:
+                raise ValueError("int8 TFLite needs calibration features (a coreset or real clips)")
+            cal = np.asarray(calibration, dtype=np.float32)
+            cal = cal[:, None] if cal.ndim == 3 else cal
+            if tuple(cal.shape[1:]) != tuple(x.shape[1:]):
+                raise ValueError(f"calibration features are {cal.shape[1:]}, the model takes {tuple(x.shape[1:])}")
             quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-                pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
+                pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
             prepared = quantize_pt2e.prepare_pt2e(torch.export.export(module, (x,)).module(), quantizer)
-            if not dynamic:
-                cal = np.asarray(calibration, dtype=np.float32)
-                cal = cal[:, None] if cal.ndim == 3 else cal
-                if tuple(cal.shape[1:]) != tuple(x.shape[1:]):
-                    raise ValueError(f"calibration features are {cal.shape[1:]}, the model takes {tuple(x.shape[1:])}")
-                for c in cal:
-                    prepared(torch.from_numpy(c[None]))
+            for c in cal:
+                prepared(torch.from_numpy(c[None]))
             converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
             move_exported_model_to_eval(converted)  # quantized ops in eval form; the flag itself is not touched
             for sub in converted.modules():

@@ -141,6 +141,8 @@ def test_tflite_fp32_and_int8(trained, tmp_path):
     assert q.stat().st_size < fp32.stat().st_size
     emb = export_tflite(model, tmp_path / "embedding.tflite", kind="embedding")
     np.testing.assert_allclose(run_tflite(emb, x), torch_outputs(model, x, "embedding"), atol=1e-5)
+    with pytest.raises(ValueError, match="int8 TFLite needs calibration features"):
+        export_tflite(model, tmp_path / "model.dyn.tflite", int8=True)
 
 
 def _coreset():
@@ -188,6 +190,27 @@ def test_export_bundle_onnx_only_says_why_tflite_is_missing(trained, tmp_path, m
     emb = graph_outputs(b.graph_path("embedding", "onnx", "fp32"), feats)
     np.testing.assert_allclose(emb @ W.T + bias, ref, atol=1e-4)
     assert graph_outputs(b.graph_path(), feats).shape == (1, 3)  # default: classifier, onnx, int8
+
+
+def test_export_without_calibration_data_uses_dynamic_int8(trained, tmp_path, monkeypatch):
+    from edgekws.bundle import generate_keypair
+
+    _, ckpt, _ = trained
+    priv, _ = generate_keypair(tmp_path / "keys")
+    from edgekws.export import pipeline
+
+    made = []
+    monkeypatch.setattr(pipeline, "export_tflite", lambda model, path, **kw: made.append((path.name, kw)) or
+                        pipeline.export_onnx(model, path, kind=kw["kind"]))  # no litert-torch needed here
+    monkeypatch.setattr(pipeline, "graph_outputs", lambda p, x, threads=1: run_onnx(p, x))
+    monkeypatch.setattr(pipeline, "tflite_unavailable_reason", lambda: None)
+    result = export_bundle(ckpt, "rpi", tmp_path / "b", private_key=priv, tar=False)
+    assert result.tar is None and result.manifest["coreset"] is None
+    assert any("dynamic quantization" in n for n in result.notes)
+    assert sorted(n for n, _ in made) == ["embedding.tflite", "model.tflite"]  # fp32 only
+    assert "int8 TFLite needs calibration" in result.manifest["skipped"]["tflite_int8"]
+    p = result.parity["model.int8.onnx"]
+    assert p["quantization"] == "dynamic" and p["calibration"] is None and "random" in p["compared_on"]
 
 
 def test_budget_and_parity_failures_are_refused(trained, tmp_path, monkeypatch):
