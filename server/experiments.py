@@ -328,9 +328,15 @@ def run_experiment(
     notes: list[str] = []
     al_runs, rfad_runs, random_runs, full_runs, splits = [], [], [], [], {}
 
+    clock_path = work / "elapsed.json"  # wall time of every call that worked on this folder, kept per case
+    clock = _read_json(clock_path) or {}
+    before = float(clock.get("seconds", 0.0)) if isinstance(clock, dict) else 0.0
+    calls = int(clock.get("calls", 0)) + 1 if isinstance(clock, dict) else 1
+
     def tick(case: str) -> None:
         nonlocal done
         done += 1
+        atomic_write_json(clock_path, {"seconds": before + time.perf_counter() - t_start, "calls": calls})
         if progress:
             progress({"event": "experiment", "done": done, "total": n_cases, "case": case})
 
@@ -433,6 +439,7 @@ def run_experiment(
         "cross_validated": cv, "folds": [f for f in folds], "seeds": list(cfg.seeds), "splits": splits,
         "n_classes": len(ds.class_names), "class_names": list(ds.class_names), "config": cfg.to_dict(),
         "environment": run_environment(), "wall_seconds": time.perf_counter() - t_start,
+        "wall_seconds_all_calls": before + time.perf_counter() - t_start, "calls": calls,
         "paper": {"citation": PAPER_CITATION, "model": PAPER_MODEL, **PAPER.get(ds.name, {})},
         "reference": reference, "notes": notes,
         "runs": {"active_learning": al_runs, "rfad": rfad_runs, "random_mse": random_runs, "full": full_runs},
@@ -495,7 +502,7 @@ def report_markdown(report: dict[str, Any], *, title: str | None = None) -> str:
                  else f"seeds {', '.join(map(str, report['seeds']))}")
     split = "; ".join(f"fold {k}: {v['train']}/{v['val']}/{v['test']}" if report["cross_validated"]
                       else f"{v['train']}/{v['val']}/{v['test']}" for k, v in report["splits"].items())
-    wall = report.get("wall_seconds")
+    wall = report.get("wall_seconds_all_calls") or report.get("wall_seconds")
     lines = [
         f"# {title or 'Active learning vs RFAD coresets'}: {report['dataset']}, {report['model']}", "",
         f"Test accuracy %, mean ± std over {runs_over} (n = runs). Split train (pool)/val/test: {split}. "
@@ -511,7 +518,8 @@ def report_markdown(report: dict[str, Any], *, title: str | None = None) -> str:
         f"says otherwise (see the JSON).",
         "",
         f"Machine: {env['cpu']}, {env['cores']} cores (shared), torch {env['torch']}, {cfg['threads']} thread(s)."
-        + (f" Wall time: {wall / 60:.1f} min." if wall else "")
+        + (f" Wall time: {wall / 60:.1f} min" + (f" over {report['calls']} calls (a rerun resumes finished cases)"
+                                                 if report.get("calls", 1) > 1 else "") + "." if wall else "")
         + (" Quick version (`--quick`): few epochs and budgets, numbers are indicative only." if cfg.get("quick")
            else ""),
         "",

@@ -64,6 +64,7 @@ def test_experiment_runs_every_case_and_resumes(speech, tmp_path):
     again = []
     report2 = run_experiment(speech, tiny(), tmp_path / "work", progress=again.append)
     assert report2["summary"] == report["summary"]
+    assert report2["calls"] == 2 and report2["wall_seconds_all_calls"] > report["wall_seconds_all_calls"]
     assert not [e for e in again if e["event"] in ("al_epoch", "distill")]
 
 
