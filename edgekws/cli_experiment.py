@@ -181,5 +181,6 @@ def tables(
                       f"({row['percent']:5.2f} %)  {a['mean']:6.2f} ± {a['std']:5.2f} % (n={a['n']})",
                       highlight=False)
     console.print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}; this call took "
-                  f"{report['wall_seconds'] / 60:.1f} min, all calls on {work} {report['wall_seconds_all_calls'] / 60:.1f} min",
+                  f"{report['wall_seconds'] / 60:.1f} min, all calls on {work} "
+                  f"{report['wall_seconds_all_calls'] / 60:.1f} min",
                   highlight=False)
