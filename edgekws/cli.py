@@ -29,6 +29,9 @@ _register_ship_commands(app)
 from edgekws.cli_experiment import register as _register_experiment_commands  # noqa: E402  (experiment tables)
 
 _register_experiment_commands(app)
+from edgekws.cli_bench import register as _register_bench_command  # noqa: E402  (bench)
+
+_register_bench_command(app)
 console = Console(stderr=True)
 
 

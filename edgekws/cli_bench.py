@@ -1,0 +1,75 @@
+"""``edgekws bench``: latency, memory and size on the device; speed and scaling of distillation.
+
+A thin shell over :mod:`edgekws.bench`: builds the default plan on the real Speech Commands subset and the bundles
+exported from the baseline checkpoints, runs every case in a fresh process, writes JSON + markdown + PNG.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+_DEFAULT_GSC = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsc-dev"
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``bench`` to the main app."""
+    app.command("bench")(bench)
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(2)
+
+
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="a small subset: CNN-4 and DS-CNN, one thread, short runs"),
+    target: str | None = typer.Option(None, "--target", help="limit threads and CPU affinity to a target "
+                                         "profile (rpi: one thread pinned to one core)"),
+    gsc: Path = typer.Option(_DEFAULT_GSC, "--gsc", help="Speech Commands folder (real test clips)"),
+    runs: Path = typer.Option(Path("runs"), "--runs", help="folder of checkpoints and exported bundles"),
+    out: Path = typer.Option(Path("benchmarks/results"), "--out", help="where the report goes"),
+    name: str | None = typer.Option(None, "--name", help="report name (default bench[_TARGET][_quick])"),
+    only: str | None = typer.Option(None, "--only", help="comma-separated sections: device,stream,finetune,"
+                                       "distill"),
+    as_json: bool = typer.Option(False, "--json", help="print the headline figures as JSON on stdout"),
+) -> None:
+    """Benchmark device inference, streaming, on-device fine-tune and distillation; write a report."""
+    from edgekws.bench import SECTIONS, BenchError, gsc_plan, run_bench
+
+    sections = tuple(s.strip() for s in only.split(",") if s.strip()) if only else SECTIONS
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad or not sections:
+        _fail(f"--only: unknown sections {bad}; choose from {', '.join(SECTIONS)}")
+    if target is not None:
+        from edgekws.targets import TARGETS
+
+        if target not in TARGETS:
+            _fail(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+
+    def progress(ev: dict[str, Any]) -> None:
+        if ev.get("event") == "case":
+            console.print(f"[dim]{ev['section']}[/]: {ev['case']}", highlight=False)
+        elif ev.get("event") == "result" and "error" in ev.get("row", {}):
+            console.print(f"[yellow]  failed:[/] {ev['row']['error']}", highlight=False)
+
+    try:
+        plan = gsc_plan(gsc, runs, out, name=name, quick=quick, target=target, sections=sections,
+                        progress=progress)
+        report = run_bench(plan, progress)
+    except BenchError as exc:
+        _fail(str(exc))
+    files = [f"{report['name']}.json", f"{report['name']}.md", *report.get("charts", [])]
+    console.print(f"wrote {', '.join(str(out / f) for f in files)} in {report['wall_s'] / 60:.1f} min",
+                  highlight=False)
+    if as_json:
+        print(json.dumps(report["headline"], default=str))
+    else:
+        for k, v in report["headline"].items():
+            console.print(f"[bold]{k}[/]: {v}", highlight=False)
