@@ -141,8 +141,10 @@ def export_bundle(
             raise ValueError(f"coreset classes {list(core.class_names)} differ from the model's {classes}")
         if tuple(core.x.shape[1:]) != shape:
             raise ValueError(f"coreset features are {core.x.shape[1:]}, the model takes {shape}")
-    if model.config.get("name") != tgt.model:
-        notes.append(f"checkpoint model is {model.config.get('name')}, target {tgt.name} suggests {tgt.model}; "
+    kwargs = model.config.get("kwargs") or {}
+    if model.config.get("name") != tgt.model or any(kwargs.get(k) != v for k, v in tgt.model_kwargs.items()):
+        suggested = tgt.model + "".join(f" {k}={v}" for k, v in tgt.model_kwargs.items())
+        notes.append(f"checkpoint model is {model.config.get('name')}, target {tgt.name} suggests {suggested}; "
                      "exporting the checkpoint's model")
     if fcfg.shape != tgt.features.shape:
         notes.append(f"checkpoint features are {fcfg.shape[0]} MFCC x {fcfg.shape[1]} frames (target profile: "

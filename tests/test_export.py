@@ -256,6 +256,7 @@ def test_cli_export_keygen_and_verify(trained, tmp_path, monkeypatch):
     res = runner.invoke(app, ["export", "--checkpoint", str(ckpt), "--target", "phone", "--out", str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
     assert "created a signing key" in res.output and "TFLite skipped" in res.output and "verified" in res.output
+    assert "suggests resnet18 width=0.5" in " ".join(res.output.split())
     assert (tmp_path / "home" / "keys" / "signing.pub").is_file() and (tmp_path / "b.tar").is_file()
     res = runner.invoke(app, ["bundle", "verify", str(tmp_path / "b.tar")])
     assert res.exit_code == 0 and "OK:" in res.output and "trusted key" in res.output, res.output
