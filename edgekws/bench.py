@@ -90,6 +90,7 @@ class BenchPlan:
     sections: tuple[str, ...] = SECTIONS
     threads: tuple[int, ...] = (1, 2)
     warmup: int = 20
+    case_seconds: float | None = 25.0  # stop a latency loop after this long (at least 30 runs); None: no limit
     cpus: tuple[int, ...] | None = None  # CPU affinity of every measured process (None: leave it)
     target: str | None = None
     quick: bool = False
@@ -249,7 +250,10 @@ def _child_infer(spec: dict[str, Any]) -> dict[str, Any]:
     preds = np.full(n, -1, dtype=np.int64)
     cpu0 = time.process_time()
     w0 = time.perf_counter()
+    budget = spec.get("max_seconds")
     for i in range(int(spec["repeats"])):
+        if budget is not None and i >= 30 and time.perf_counter() - w0 > budget:
+            break  # enough runs for the percentiles; a slow case on a busy machine must not eat the whole run
         j = i % n
         x1 = x[j : j + 1]
         t = time.perf_counter()
@@ -491,7 +495,7 @@ def bench_device(plan: BenchPlan, progress: Progress | None = None) -> list[dict
             for t in plan.threads:
                 _emit(progress, event="case", section="device", case=f"{m.name} {fmt} {prec} {t} thread(s)")
                 spec = {"format": fmt, "path": str(path), "data": str(m.test_data), "threads": t,
-                        "warmup": plan.warmup, "repeats": m.repeats}
+                        "warmup": plan.warmup, "repeats": m.repeats, "max_seconds": plan.case_seconds}
                 res = _spawn("infer", spec, plan, threads=t)
                 rows.append({"model": m.name, "target": m.target, "format": fmt, "precision": prec, "threads": t,
                              "file_bytes": Path(path).stat().st_size, "test_clips": n_test, **res})
@@ -625,7 +629,7 @@ def run_bench(plan: BenchPlan, progress: Progress | None = None) -> dict[str, An
     plan.work_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "name": plan.name, "quick": plan.quick, "target": plan.target, "machine": machine,
-        "settings": {"threads": list(plan.threads), "warmup": plan.warmup,
+        "settings": {"threads": list(plan.threads), "warmup": plan.warmup, "case_seconds": plan.case_seconds,
                      "cpus": list(plan.cpus) if plan.cpus else None,
                      "models": [m.to_dict() for m in plan.models], "sections": list(plan.sections)},
         "references": REFERENCES, "goals": GOALS, "notes": list(plan.notes), "skipped": {}}
@@ -731,7 +735,8 @@ def render_markdown(report: dict[str, Any]) -> str:
               "Cold start: process launch → first result (interpreter start, imports, graph load, first run). "
               "Latency over single real test clips after warm-up (torch: `inference_mode`; ONNX / TFLite: "
               "`edgekws.device.backend`, input checks and int8 (de)quantisation included). Peak RSS: the case's own "
-              "process (`VmHWM`). Accuracy on the clips the timed runs covered. torch file size is the checkpoint.",
+              "process (`VmHWM`). A latency loop stops after its time budget once it has 30 runs (runs column). "
+              "Accuracy on the test clips the timed runs covered. torch file size is the checkpoint.",
               "", "| model | graph | threads | file KB | cold start s | p50 ms | p90 ms | p99 ms | runs | "
               "peak RSS MB | accuracy % (clips) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in dev:
@@ -877,8 +882,9 @@ def write_charts(report: dict[str, Any], out_dir: Path, name: str) -> list[str]:
             ax.set_xticks(range(len(graphs)), graphs, fontsize=7)
             ax.set_yscale("log")
             ax.set_title(model)
-            ax.set_ylabel("ms per clip (p50, whisker p99)")
             ax.legend(fontsize=7)
+        axes[0][0].set_ylabel("ms per clip (p50, whisker p99)")
+        fig.tight_layout()
         files.append(save_figure(fig, out_dir / f"{name}_latency.png").name)
     ft = [r for r in (report.get("finetune") or {}).get("rows", []) if _ok(r)]
     if ft:
@@ -896,10 +902,13 @@ def write_charts(report: dict[str, Any], out_dir: Path, name: str) -> list[str]:
         files.append(save_figure(fig, out_dir / f"{name}_finetune.png").name)
     di = [r for r in (report.get("distill") or {}).get("rows", []) if _ok(r)]
     if di:
+        base = report["distill"]["base"]
         params = list(dict.fromkeys(r["varied"] for r in di))
         fig, axes = plt.subplots(1, len(params), figsize=(3.3 * len(params), 3.2), squeeze=False)
         for ax, p in zip(axes[0], params):
-            rows = sorted((r for r in di if r["varied"] == p), key=lambda r: r["config"][p])
+            # the sweep of p: every row equal to the base in all other settings (the base row included)
+            rows = sorted((r for r in di if all(r["config"].get(k) == v for k, v in base.items() if k != p)),
+                          key=lambda r: r["config"][p])
             xs = [r["config"][p] for r in rows]
             ax.plot(xs, [r["seconds_per_step"] for r in rows], "o-", color="C0")
             ax.set_xlabel(p)

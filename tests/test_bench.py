@@ -50,8 +50,8 @@ def test_quick_plan_writes_a_sane_report(tiny):
     events = []
     plan = BenchPlan(
         name="bench_test", out_dir=out, work_dir=tiny["root"] / "work",
-        models=[ModelCase("tiny", "rpi", tiny["bundle"], tiny["test"], tiny["ckpt"], repeats=15)],
-        threads=(1,), warmup=2, quick=True, stream_bundle=tiny["bundle"], stream_graphs=(("onnx", "fp32"),),
+        models=[ModelCase("tiny", "rpi", tiny["bundle"], tiny["test"], tiny["ckpt"], repeats=40)],
+        threads=(1,), warmup=2, case_seconds=0.0, quick=True, stream_bundle=tiny["bundle"], stream_graphs=(("onnx", "fp32"),),
         stream_seconds=3.0, finetune_bundle=tiny["bundle"], finetune_data=tiny["test"], finetune_sizes=(6, 12, 99),
         finetune_graph=("onnx", "fp32"), finetune_steps=5, distill_data=tiny["distill"],
         distill_base={"per_class": 2, "batch_size": 12, "n_models": 1, "width": 4},
@@ -74,7 +74,7 @@ def test_quick_plan_writes_a_sane_report(tiny):
     assert {(r["format"], r["precision"]) for r in skipped} == {("tflite", "fp32"), ("tflite", "int8")}
     for r in measured:
         lat = r["latency"]
-        assert lat["n"] == 15
+        assert lat["n"] == 30  # a zero time budget still takes the minimum of 30 runs, not all 40
         assert 0 < lat["min_ms"] <= lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
         assert r["cold_start_s"] > 0 and r["file_bytes"] > 0
         assert r["peak_rss_mb"] > 0 and r["peak_rss_mb"] >= r["rss_after_load_mb"] * 0.99
