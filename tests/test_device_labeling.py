@@ -190,7 +190,7 @@ def _variants(word: str, n: int, seed: int) -> list[np.ndarray]:
 
 def test_finetune_adds_a_new_keyword_that_listen_then_detects(bundle, tmp_path):
     from edgekws.device.prototypes import window_features
-    from edgekws.device.runtime import Detector, run_detector
+    from edgekws.device.runtime import Detector, DetectorConfig, run_detector
     from edgekws.device.stream import ArraySource
 
     pub = bundle_public_key(bundle)
@@ -218,10 +218,17 @@ def test_finetune_adds_a_new_keyword_that_listen_then_detects(bundle, tmp_path):
     assert acc(test_new, "seven") >= 0.7
     assert np.mean([acc(v, w) for w, v in test_old.items()]) >= 0.5
     # the detector picks the new version up and finds the new word in a sentence
-    y, _ = sentence(["yes", "seven", "stop"], seed=4)
-    det = Detector(local, fc)
-    got = [e.keyword for e in run_detector(det, ArraySource(y))]
-    assert "seven" in got
+    # (a head fitted on 24 clips of a new word is less sure of it than the shipped head is of its words: its
+    # smoothed posterior peaks near 0.55-0.6 here, so the default 0.6 threshold would hinge on rounding; 0.45 is
+    # still well above every other class's score in that span)
+    y, spans = sentence(["yes", "seven", "stop"], seed=4)
+    det = Detector(local, fc, DetectorConfig(threshold=0.45))
+    got = [(e.keyword, e.time) for e in run_detector(det, ArraySource(y))]
+    _, on, off = spans[1]
+    # it fires during the word or within the smoothing delay after it ("stop", which shares its onset, may also
+    # pass for it: a head fitted on 24 clips is not perfect)
+    assert any(k == "seven" and on < t <= off + 1.0 for k, t in got), got
+    assert got[0][0] == "yes"
 
 
 def test_collect_label_finetune_listen_end_to_end(bundle, tmp_path):
