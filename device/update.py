@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekws.bundle import BundleError, load_public_key, unpack_bundle, verify_bundle
-from edgekws.fileio import atomic_open, atomic_write_bytes, atomic_write_json
+from edgekws.fileio import atomic_open, atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
 
 __all__ = [
     "CurrentWatcher",
@@ -159,14 +159,6 @@ def _read_pointer(root: Path, name: str) -> str | None:
     return bid if ID_RE.match(bid) and (root / "versions" / bid / "manifest.json").is_file() else None
 
 
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _set_pointer(root: Path, name: str, bundle_id: str) -> None:
     """Point ``root/name`` at ``versions/<bundle_id>`` with one atomic rename of a fresh symlink."""
     tmp = root / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
@@ -176,7 +168,7 @@ def _set_pointer(root: Path, name: str, bundle_id: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def current_bundle(root: str | os.PathLike | None = None) -> Path | None:
@@ -323,14 +315,6 @@ def _detail(exc: urllib.error.HTTPError) -> str:
         return str(exc.reason)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _download(url: str, dl: Path, release: dict, cfg: UpdateConfig, emit: Progress) -> tuple[Path, int, int]:
     """Fetch the archive into ``dl/<id>.tar``, resuming ``<id>.tar.part``; return (path, bytes fetched, resumed from).
 
@@ -340,7 +324,7 @@ def _download(url: str, dl: Path, release: dict, cfg: UpdateConfig, emit: Progre
     bid, size, digest = release["id"], int(release["size"]), str(release["sha256"])
     dl.mkdir(parents=True, exist_ok=True)
     part, meta, done = dl / f"{bid}.tar.part", dl / f"{bid}.json", dl / f"{bid}.tar"
-    if done.is_file() and done.stat().st_size == size and _sha256(done) == digest:
+    if done.is_file() and done.stat().st_size == size and sha256_file(done) == digest:
         return done, 0, size
     have = 0
     etag = None
@@ -401,7 +385,7 @@ def _download(url: str, dl: Path, release: dict, cfg: UpdateConfig, emit: Progre
                 os.fsync(fh.fileno())
         if have != size:
             raise UpdateError(f"download of {bid} stopped at {have} of {size} bytes; run the update again to resume")
-    got = _sha256(part)
+    got = sha256_file(part)
     if got != digest:
         part.unlink(missing_ok=True)
         meta.unlink(missing_ok=True)
@@ -553,7 +537,7 @@ def _carry_state(old_dir: Path | None, new_dir: Path, state_root: Path) -> tuple
         if new_state.exists():  # an empty or head-less folder (e.g. made by an earlier smoke test)
             shutil.rmtree(new_state)
         os.replace(stage, new_state)
-        _fsync_dir(state_root)
+        fsync_dir(state_root)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

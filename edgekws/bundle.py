@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from edgekws.features import FeatureConfig
-from edgekws.fileio import atomic_open, atomic_write_bytes, json_default
+from edgekws.fileio import atomic_open, atomic_write_bytes, json_default, sha256_file
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -249,12 +249,17 @@ def read_head(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 # Writing ---------------------------------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _staging_dir(dest: Path, hint: str = "") -> Path:
+    """A fresh temporary folder beside ``dest`` to build a bundle in, once ``dest`` may be replaced by one.
+
+    ``dest`` may be missing, empty or an existing bundle; anything else is refused (``hint`` ends the message).
+    """
+    if dest.exists() and not dest.is_dir():
+        raise FileExistsError(f"{dest} exists and is not a directory")
+    if dest.is_dir() and any(dest.iterdir()) and not (dest / MANIFEST).is_file():
+        raise FileExistsError(f"{dest} exists, is not empty and is not a bundle{hint}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
 
 
 def _check_relpath(name: str) -> str:
@@ -324,13 +329,7 @@ def write_bundle(
         raise ValueError("a bundle needs at least one class name")
     if extra and set(extra) & set(_REQUIRED):
         raise ValueError(f"extra manifest fields may not override {sorted(set(extra) & set(_REQUIRED))}")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise FileExistsError(f"{out} exists, is not empty and is not a bundle; choose another --out")
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    stage = _staging_dir(out, "; choose another --out")
     os.chmod(stage, 0o755)
     try:
         entries: dict[str, dict[str, Any]] = {}
@@ -345,7 +344,7 @@ def write_bundle(
                     raise FileNotFoundError(f"bundle file {rel}: source {src} not found")
                 with open(src, "rb") as fin, atomic_open(dest, "wb") as fout:
                     shutil.copyfileobj(fin, fout)
-            entries[rel] = {"sha256": _sha256_file(dest), "size": dest.stat().st_size}
+            entries[rel] = {"sha256": sha256_file(dest), "size": dest.stat().st_size}
         manifest: dict[str, Any] = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_FORMAT_VERSION,
@@ -479,12 +478,7 @@ def unpack_bundle(tar_path: str | os.PathLike, dest: str | os.PathLike, public_k
     if members is None:
         raise BundleError(f"no bundle archive at {tar_path}")
     _verify_members(_MemorySource(members, str(tar_path)), public_key, trust_embedded_key)
-    if dest.exists() and not dest.is_dir():
-        raise FileExistsError(f"{dest} exists and is not a directory")
-    if dest.is_dir() and any(dest.iterdir()) and not (dest / MANIFEST).is_file():
-        raise FileExistsError(f"{dest} exists, is not empty and is not a bundle")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    stage = _staging_dir(dest)
     try:
         for name, data in members.items():
             p = stage / name
@@ -563,7 +557,7 @@ class _DirSource:
         return (self.root / rel).read_bytes()
 
     def sha256(self, rel: str) -> str:
-        return _sha256_file(self.root / rel)
+        return sha256_file(self.root / rel)
 
 
 class _MemorySource:

@@ -7,6 +7,7 @@ never a torn one. On any error the temporary file is removed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -16,7 +17,7 @@ from typing import IO, Any, Iterator
 
 import numpy as np
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "json_default"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "fsync_dir", "json_default", "sha256_file"]
 
 
 @contextmanager
@@ -65,3 +66,21 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
         json.dump(obj, fh, indent=2, default=json_default)
         fh.write("\n")
     return Path(path)
+
+
+def fsync_dir(d: str | os.PathLike) -> None:
+    """Flush a directory's entries (a rename into it, a new file) to disk."""
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

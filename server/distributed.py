@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["Comm", "TorchComm", "current_comm", "init_from_env", "is_main_process"]
+__all__ = ["Comm", "TorchComm", "current_comm", "init_from_env"]
 
 
 @dataclass
@@ -44,9 +44,6 @@ class Comm:
         """Whether this rank computes the pool net ``net_index``."""
         return net_index % self.world == self.rank
 
-    def barrier(self) -> None:
-        return None
-
 
 class TorchComm(Comm):
     """Collectives of the default ``torch.distributed`` process group."""
@@ -57,9 +54,6 @@ class TorchComm(Comm):
     def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
-
-    def barrier(self) -> None:
-        dist.barrier()
 
 
 def current_comm() -> Comm:
@@ -84,7 +78,3 @@ def init_from_env(backend: str | None = None) -> Comm:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
     return current_comm()
-
-
-def is_main_process() -> bool:
-    return current_comm().is_main

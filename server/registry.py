@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekws.bundle import BundleError, load_public_key, pack_bundle, verify_bundle
-from edgekws.fileio import atomic_open
+from edgekws.fileio import atomic_open, fsync_dir
 
 __all__ = [
     "DEFAULT_CHANNELS",
@@ -251,14 +251,6 @@ def _verify_upload(path: Path, keys: Sequence[Any]) -> Any:
                 break
     msg = errors[-1] if errors else "no trusted key"
     raise BundleError(msg.replace(str(path), "upload"))
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # Range requests ---------------------------------------------------------------------------------------------
@@ -515,7 +507,7 @@ def create_app(cfg: RegistryConfig) -> Any:
             created = row is None or not dest.is_file()
             if created:
                 os.replace(tmp, dest)
-                _fsync_dir(store.blobs)
+                fsync_dir(store.blobs)
                 con.execute("INSERT OR REPLACE INTO bundles VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (bundle_id, manifest.target, str(manifest.get("created_at", "")), now, size, digest,
                              manifest.key_id, raw))

@@ -40,3 +40,17 @@ def test_json_handles_numpy(tmp_path):
     with pytest.raises(ValueError, match="writes only"):
         with atomic_open(tmp_path / "x", "rb"):
             pass
+
+
+def test_sha256_file_reads_in_blocks_and_fsync_dir_accepts_folders(tmp_path):
+    import hashlib
+
+    from edgekws.fileio import fsync_dir, sha256_file
+
+    data = bytes(range(256)) * 5000  # > 1 MiB: more than one block
+    p = tmp_path / "blob"
+    p.write_bytes(data)
+    assert sha256_file(p) == hashlib.sha256(data).hexdigest()
+    fsync_dir(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        fsync_dir(tmp_path / "missing")
