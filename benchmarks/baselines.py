@@ -26,6 +26,7 @@ from edgekws.datasets import load_dataset, split_indices
 from edgekws.datasets.cache import load_features
 from edgekws.features import FeatureConfig, normalize
 from edgekws.server.data import prepare
+from edgekws.server.evaluate import mean_std
 from edgekws.server.pipeline import run_environment, train_on_dataset, write_json
 from edgekws.server.train import TrainConfig
 
@@ -98,10 +99,9 @@ def main() -> None:
             entry = {"dataset": dname, "model": model, "seeds": [r["seed"] for r in rows],
                      "split": rows[0]["split"], "seconds_per_run": statistics.mean(r["seconds"] for r in rows)}
             for key in ("test", "test_real_gsc_all", "test_real_gsc_test"):
-                vals = [100 * r[key] for r in rows if key in r]
+                vals = [r[key] for r in rows if key in r]
                 if vals:
-                    entry[key] = {"mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                                  "runs": vals}
+                    entry[key] = mean_std(vals)
             summary.append(entry)
     report = {"environment": run_environment(), "epochs": args.epochs, "normalization": args.normalization,
               "summary": summary, "cases": cases}

@@ -34,7 +34,7 @@ import torch
 from edgekws.datasets import load_dataset
 from edgekws.features import FeatureConfig
 from edgekws.server.data import prepare
-from edgekws.server.evaluate import coreset_train_config
+from edgekws.server.evaluate import coreset_train_config, mean_std
 from edgekws.server.pipeline import run_environment, train_on_dataset, write_json
 from edgekws.server.rfad import Coreset, RFADConfig, distill, random_real_coreset
 from edgekws.server.train import TrainConfig, evaluate, load_checkpoint, predict_logits, train_model
@@ -54,11 +54,6 @@ def soft_labels(model: torch.nn.Module, x: np.ndarray, temperature: float) -> np
     z = predict_logits(model, x).astype(np.float64) / temperature
     z = np.exp(z - z.max(1, keepdims=True))
     return (z / z.sum(1, keepdims=True)).astype(np.float32)
-
-
-def mean_std(vals: list[float]) -> dict[str, Any]:
-    return {"mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals),
-            "runs": vals}
 
 
 def step_timing(xtr: np.ndarray, ytr: np.ndarray, xv: np.ndarray, yv: np.ndarray, prep, args) -> list[dict]:
@@ -212,7 +207,7 @@ def write_report(args: argparse.Namespace, cases: list[dict], timing: list[dict]
                 vals = [c["test_accuracy"] for c in cases
                         if c["model"] == model and c["per_class"] == pc and c["method"] == method]
                 if vals:
-                    row[method] = mean_std(vals)
+                    row[method] = mean_std(vals, scale=1.0)
             if "rfad" in row and ("random_mse" in row or "random_ce" in row):
                 stronger = max((k for k in ("random_mse", "random_ce") if k in row), key=lambda k: row[k]["mean"])
                 row["stronger_random"] = stronger

@@ -27,9 +27,16 @@ def coreset_train_config(model: str, *, loss: str = "mse", epochs: int = 60, see
                        augment=AugmentConfig(time_shift_ms=0.0, gain_db=0.0, noise_prob=0.0))
 
 
-def mean_std(values: Sequence[float]) -> dict[str, Any]:
-    vals = [100.0 * v for v in values]
-    return {"mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "runs": vals}
+def mean_std(values: Sequence[float], *, scale: float = 100.0) -> dict[str, Any]:
+    """Mean, sample std (0 for one value), count and the runs of ``values * scale``.
+
+    The default turns accuracies in [0, 1] into percent; pass ``scale=1`` for values already in percent.
+    """
+    vals = [scale * float(v) for v in values]
+    if not vals:
+        raise ValueError("mean_std needs at least one value")
+    return {"mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals),
+            "runs": vals}
 
 
 def evaluate_coreset(

@@ -43,6 +43,7 @@ from edgekws.server.active_learning import (
     small_set_train_config,
 )
 from edgekws.server.data import Prepared, prepare
+from edgekws.server.evaluate import mean_std
 from edgekws.server.rfad import Coreset, RFADConfig, distill, random_real_coreset
 from edgekws.server.train import evaluate, train_model
 
@@ -231,12 +232,6 @@ def _read_json(path: Path) -> Any | None:
         return json.loads(path.read_text()) if path.is_file() else None
     except ValueError:
         return None  # a torn file cannot exist (atomic writes); anything unreadable is recomputed
-
-
-def mean_std(values: Sequence[float]) -> dict[str, Any]:
-    vals = [float(v) for v in values]
-    return {"mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals),
-            "runs": vals}
 
 
 def load_reference(path: str | os.PathLike) -> dict[str, Any]:
@@ -464,7 +459,7 @@ def summarise(report: dict[str, Any]) -> list[dict[str, Any]]:
     for method, point in sorted({(r["method"], r["point"]) for r in runs},
                                 key=lambda mp: (order_m.get(mp[0], 99), point_order(mp[1]))):
         sel = [r for r in runs if r["method"] == method and r["point"] == point]
-        acc = mean_std([r["test_accuracy"] for r in sel])
+        acc = mean_std([r["test_accuracy"] for r in sel], scale=1.0)
         rows.append({"method": method, "point": point, "labelled": statistics.mean(r["labelled"] for r in sel),
                      "percent": statistics.mean(r["percent"] for r in sel), "accuracy": acc})
     return rows
