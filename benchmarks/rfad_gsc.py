@@ -50,6 +50,11 @@ def rfad_config(per_class: int, seed: int, args: argparse.Namespace) -> RFADConf
                       label_lr=3e-2, seed=seed, patience=4, threads=args.threads)
 
 
+def model_label(model: str, kwargs: dict[str, Any]) -> str:
+    """``model`` itself, or ``model:k=v,...`` for non-default constructor arguments."""
+    return model if not kwargs else model + ":" + ",".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
+
+
 def soft_labels(model: torch.nn.Module, x: np.ndarray, temperature: float) -> np.ndarray:
     z = predict_logits(model, x).astype(np.float64) / temperature
     z = np.exp(z - z.max(1, keepdims=True))
@@ -89,8 +94,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--timing", action="store_true", help="also time distillation steps")
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from finished cases")
+    ap.add_argument("--model-kwargs", default="{}",
+                    help='JSON constructor arguments for the finite nets, e.g. \'{"width": 0.25, "stem_stride": 1, '
+                         '"stem_pool": false}\'; such runs are reported as model:key=value,...')
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    model_kwargs = json.loads(args.model_kwargs)
+    if not isinstance(model_kwargs, dict):
+        ap.error("--model-kwargs must be a JSON object")
 
     ds = load_dataset("gsc", args.gsc)
     prep = prepare(ds, FeatureConfig(normalization="global", clip_seconds=ds.clip_seconds))
@@ -148,10 +159,11 @@ def main() -> None:
 
     if not args.report_only:
         for model in args.models.split(","):
+            label = model_label(model, model_kwargs)
             for pc in (int(p) for p in args.per_class.split(",")):
                 for seed in (int(s) for s in args.seeds.split(",")):
                     for method in methods:
-                        key = (model, pc, seed, method)
+                        key = (label, pc, seed, method)
                         if key in done:
                             continue
                         xr, yr = random_real_coreset(xtr, ytr, pc, seed=seed, n_classes=n_classes)
@@ -168,11 +180,12 @@ def main() -> None:
                         else:
                             x, y, loss = xr, soft_labels(teacher(seed), xr, args.temperature), "ce"
                         t0 = time.perf_counter()
-                        tcfg = coreset_train_config(model, loss=loss, epochs=args.epochs, seed=seed)
+                        tcfg = coreset_train_config(model, loss=loss, epochs=args.epochs, seed=seed,
+                                                    model_kwargs=model_kwargs)
                         tcfg.threads = args.threads
                         res = train_model(x, y, xv, yv, prep.feature_cfg, n_classes, tcfg, inputs="features")
                         acc = evaluate(res.model, xt, yt, n_classes)["accuracy"]
-                        case = {"model": model, "per_class": pc, "seed": seed, "method": method,
+                        case = {"model": label, "per_class": pc, "seed": seed, "method": method,
                                 "test_accuracy": 100 * acc, "val_accuracy": 100 * res.best_val_accuracy,
                                 "train_seconds": time.perf_counter() - t0}
                         if method.startswith("rfad"):

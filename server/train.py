@@ -58,6 +58,7 @@ class AugmentConfig:
     freq_mask_width: int = 5
     time_masks: int = 2
     time_mask_width: int = 6
+    mixup: float = 0.0  # Beta(a, a) mixing of pairs of inputs and their targets (0: off); helps large nets on few clips
 
 
 @dataclass
@@ -365,9 +366,18 @@ def train_model(
             xt = torch.from_numpy(np.ascontiguousarray(xb))
             if aug.enabled:
                 xt = _spec_augment(xt, aug, gen)
-            yt = torch.from_numpy(y_train[idx])
-            logits = model(xt.to(device))
-            loss = _loss(logits, yt.to(device), soft, cfg)
+            yt = torch.from_numpy(y_train[idx]).to(device)
+            xt = xt.to(device)
+            if aug.enabled and aug.mixup > 0 and len(idx) > 1:
+                lam = float(rng.beta(aug.mixup, aug.mixup))
+                perm = torch.from_numpy(rng.permutation(len(idx))).to(device)
+                logits = model(lam * xt + (1.0 - lam) * xt[perm])
+                # both losses are linear (CE) or affine up to a constant (MSE) in the target, so mixing the losses
+                # mixes the targets, for hard and soft labels alike
+                loss = lam * _loss(logits, yt, soft, cfg) + (1.0 - lam) * _loss(logits, yt[perm], soft, cfg)
+            else:
+                logits = model(xt)
+                loss = _loss(logits, yt, soft, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -88,3 +88,20 @@ def test_bad_training_input_is_refused():
         train_model(w[:0], y[:0], xv, yv, cfg, 3, TrainConfig(**SMALL))
     with pytest.raises(ValueError, match="normalisation"):
         train_model(w, y, xv, yv, CFG, 3, TrainConfig(**SMALL))
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_mixup_mixes_pairs_and_still_learns(loss):
+    w, y, xv, yv, cfg = _prepared()
+    x = mfcc(w, cfg)
+    base = {**SMALL, "loss": loss, "min_steps_per_epoch": 10}
+    plain = train_model(x, y, xv, yv, cfg, 3, TrainConfig(**base, augment=AugmentConfig(freq_masks=0, time_masks=0)),
+                        inputs="features")
+    mixed = train_model(x, y, xv, yv, cfg, 3,
+                        TrainConfig(**base, augment=AugmentConfig(freq_masks=0, time_masks=0, mixup=0.4)),
+                        inputs="features")
+    assert mixed.best_val_accuracy >= 0.9
+    # mixed targets cannot be fitted as tightly as the clean ones: the training loss stays higher
+    assert mixed.history[-1]["train_loss"] > plain.history[-1]["train_loss"]
+    restored = TrainConfig.from_dict(TrainConfig(augment=AugmentConfig(mixup=0.4)).to_dict())
+    assert restored.augment.mixup == 0.4
