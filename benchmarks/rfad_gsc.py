@@ -235,7 +235,8 @@ def write_report(args: argparse.Namespace, cases: list[dict], timing: list[dict]
                         row[f"ratio_{k}"] = row[k]["mean"] / full[model]["mean"]
                 row["best_method_ratio"] = best / full[model]["mean"] if best is not None else None
             summary.append(row)
-    krr = [(c["krr_val_init"], c["krr_val"]) for c in cases if c["method"] == "rfad" and "krr_val" in c]
+    krr = list({(c["per_class"], c["seed"]): (c["krr_val_init"], c["krr_val"])  # one entry per coreset
+                for c in cases if c["method"] == "rfad" and "krr_val" in c}.values())
     report = {"environment": run_environment(), "dataset": "gsc-dev", "split": {k: int(len(getattr(prep.split, k)))
               for k in ("train", "val", "test")}, "epochs": args.epochs, "distill_steps": args.steps,
               "teacher_temperature": args.temperature, "paper": PAPER, "summary": summary, "timing": timing,
@@ -266,6 +267,10 @@ def write_report(args: argparse.Namespace, cases: list[dict], timing: list[dict]
         lines.append(f"| {r['model']} | {r['per_class']} | {fmt(r, 'rfad')} | {fmt(r, 'random_mse')} | "
                      f"{fmt(r, 'random_ce')} | {gain} | {ratio} | {fmt(r, 'rfad_teacher')} | "
                      f"{fmt(r, 'random_teacher')} | {gain_t} | {best} | {fmt(r, 'full_data')} |")
+    if any(":" in r["model"] for r in summary):
+        lines += ["", "Rows named `model:key=value,...` are nets built with those constructor arguments (`--model-kwargs`); "
+                      "their full-data reference was not trained, so they have no ratio. Why the default ResNet-18 "
+                      "does poorly on small sets: `resnet18_small_set.md`."]
     if krr:
         lines += ["", f"KRR validation accuracy of the coresets (held-out random nets): "
                       f"{100 * statistics.mean(a for a, _ in krr):.1f}% at initialisation (random real) -> "
@@ -304,9 +309,13 @@ def plot(summary: list[dict], path: Path) -> None:
                             yerr=[m["std"] for _, m in pts], fmt=style, capsize=3, label=method.replace("_", " "))
         if rows and "full_data" in rows[0]:
             ax.axhline(rows[0]["full_data"]["mean"], color="k", lw=1, ls=":", label="full data")
+        sizes = sorted({r["per_class"] for r in rows})
+        if sizes:
+            ax.set_xticks(sizes)
+            ax.set_xlim(min(sizes) - 5, max(sizes) + 5)
         ax.set_xlabel("samples per class")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{model} on gsc-dev")
+        ax.set_title(f"{model.replace(':', chr(10))} on gsc-dev", fontsize=9 if ":" in model else None)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     save_figure(fig, path)
