@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BenchError", "BenchPlan", "ModelCase", "describe_machine", "gsc_plan", "make_keyword_wav",
+__all__ = ["BenchError", "BenchPlan", "ModelCase", "cpu_model", "describe_machine", "gsc_plan", "make_keyword_wav",
            "render_markdown", "run_bench"]
 
 RESULT_TAG = "EDGEKWS-BENCH-RESULT "
@@ -146,7 +146,8 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what :mod:`platform` knows."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -183,7 +184,7 @@ def describe_machine() -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = os.cpu_count()
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "usable_cores": usable, "memory_mb": _mem_total_mb(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable, "memory_mb": _mem_total_mb(),
             "machine": platform.machine(), "system": f"{platform.system()} {platform.release()}",
             "versions": _versions(), "git_commit": _git_commit(), "load_average_start": list(os.getloadavg()),
             "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}

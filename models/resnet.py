@@ -8,7 +8,7 @@ size ``n`` to ``ceil(n / 2)``, so any ``H x W >= 1 x 1`` stays valid.
 
 The early reduction matters for tiny training sets: on 50 random real gsc-dev clips per class (CNN-4 recipe,
 30 epochs, seed 0) width-0.25 nets reached 33 % test accuracy with the 4x stem, 53 % with a stride-1 stem and
-max-pool (2x) and 61 % at full resolution; see ``benchmarks/results/rfad_gsc.md``.
+max-pool (2x) and 61 % at full resolution; see ``benchmarks/results/resnet18_small_set.md``.
 
 ``width`` scales all channel counts (``resnet18-w0.5``, ``resnet18-w0.25`` for edge targets):
 about 11.2M parameters at width 1, 2.8M at 0.5, 0.7M at 0.25.

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
+from edgekws.bench import cpu_model
 from edgekws.datasets import Dataset
 from edgekws.features import FeatureConfig
 from edgekws.fileio import atomic_write_json as write_json
@@ -25,17 +26,8 @@ __all__ = ["train_on_dataset", "distill_job", "write_json", "run_environment"]
 
 def run_environment() -> dict[str, Any]:
     """Machine and versions, recorded next to every measured number."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

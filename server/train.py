@@ -58,7 +58,7 @@ class AugmentConfig:
     freq_mask_width: int = 5
     time_masks: int = 2
     time_mask_width: int = 6
-    mixup: float = 0.0  # Beta(a, a) mixing of pairs of inputs and their targets (0: off); helps large nets on few clips
+    mixup: float = 0.0  # Beta(a, a) mixing of pairs of inputs and of their targets (0: off)
 
 
 @dataclass
