@@ -488,6 +488,23 @@ def _paper_value(report: dict[str, Any], method: str, point: str) -> float | Non
     return None
 
 
+def _rfad_sentence(report: dict[str, Any]) -> str:
+    """How the coresets in the report were made: from each RFAD case's own config (reused coresets keep theirs)."""
+
+    def describe(r: dict[str, Any]) -> str:
+        return (f"{r['steps']} steps max, {r['n_models']} of {r['pool_size']} random ConvNets (width {r['width']}) "
+                f"per step, real batch {r['batch_size']}")
+
+    cases = report["runs"].get("rfad", [])
+    made = sorted({describe(c["rfad_config"]) for c in cases if c.get("rfad_config")})
+    if not made:
+        return f"RFAD: {describe(report['config']['rfad'])}."
+    reused = sorted({str(Path(c["coreset"]).parent) for c in cases
+                     if c.get("coreset") and not str(c["coreset"]).startswith("distilled here")})
+    return ("RFAD: " + "; ".join(made) + "."
+            + (f" Coresets reused from {', '.join(f'`{d}`' for d in reused)}." if reused else ""))
+
+
 def report_markdown(report: dict[str, Any], *, title: str | None = None) -> str:
     cfg = report["config"]
     env = report["environment"]
@@ -507,10 +524,8 @@ def report_markdown(report: dict[str, Any], *, title: str | None = None) -> str:
         f"class-balanced random real samples of the coreset's size). Active learning: class-balanced random seed set of "
         f"{cfg['seed_per_class']}/class, acquisition straight to each budget"
         + (f" in batches of at most {cfg['max_batch']}" if cfg["max_batch"] else "")
-        + f", retrained from scratch every round; uncertainty from {cfg['mc_passes']} MC-dropout passes. RFAD: "
-        f"{cfg['rfad']['steps']} steps max, {cfg['rfad']['n_models']} of {cfg['rfad']['pool_size']} random ConvNets "
-        f"(width {cfg['rfad']['width']}) per step, real batch {cfg['rfad']['batch_size']}, unless a reused coreset "
-        f"says otherwise (see the JSON).",
+        + f", retrained from scratch every round; uncertainty from {cfg['mc_passes']} MC-dropout passes. "
+        + _rfad_sentence(report),
         "",
         f"Machine: {env['cpu']}, {env['cores']} cores (shared), torch {env['torch']}, {cfg['threads']} thread(s)."
         + (f" Wall time: {wall / 60:.1f} min" + (f" over {report['calls']} calls (a rerun resumes finished cases)"

@@ -1,7 +1,6 @@
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -102,6 +101,12 @@ def test_reuses_only_matching_coresets(speech, tmp_path):
                             progress=events.append)
     assert report["runs"]["rfad"][0]["coreset"] == str(done / "coreset_pc2_s0.npz")
     assert not [e for e in events if e["event"] == "distill"]
+    # the report describes the coreset with the settings it was made with, and says where it came from
+    made = dataclasses.replace(rcfg, steps=rcfg.steps + 1)
+    md = report_markdown(dict(report, runs=dict(report["runs"], rfad=[
+        dict(report["runs"]["rfad"][0], rfad_config=made.to_dict())])))
+    assert f"RFAD: {made.steps} steps max, {made.n_models} of {made.pool_size} random ConvNets" in md
+    assert f"Coresets reused from `{done}`." in md
     # features normalised per utterance do not match this split's global statistics: distilled afresh, noted
     other = prepare(speech, FeatureConfig(normalization="utterance", clip_seconds=speech.clip_seconds))
     wrong = tmp_path / "wrong"
