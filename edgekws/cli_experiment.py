@@ -112,7 +112,8 @@ def tables(
     out: Path = typer.Option(Path("benchmarks/results"), "--out", help="folder for <name>.md/.json/.png"),
     name: Optional[str] = typer.Option(None, "--name", help="report name (default al_<dataset>_<model>)"),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="finished cases, AL state and coresets "
-                                            "(default runs/experiments/<name>); a rerun resumes from it"),
+                                            "(default runs/experiments/<name>); a rerun resumes from it, and "
+                                            "calls on different --seeds or --folds may share it side by side"),
     threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
 ) -> None:

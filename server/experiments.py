@@ -51,6 +51,7 @@ __all__ = [
     "PAPER",
     "ExperimentConfig",
     "budget_points",
+    "calls_clock",
     "quick_config",
     "run_experiment",
     "write_report",
@@ -323,15 +324,16 @@ def run_experiment(
     notes: list[str] = []
     al_runs, rfad_runs, random_runs, full_runs, splits = [], [], [], [], {}
 
-    clock_path = work / "elapsed.json"  # wall time of every call that worked on this folder, kept per case
-    clock = _read_json(clock_path) or {}
-    before = float(clock.get("seconds", 0.0)) if isinstance(clock, dict) else 0.0
-    calls = int(clock.get("calls", 0)) + 1 if isinstance(clock, dict) else 1
+    # One record per call that worked on this folder, updated after every case: calls on disjoint seeds or folds
+    # may run side by side (every case has its own files), and the wall time is the union of their intervals.
+    (work / "calls").mkdir(exist_ok=True)
+    t_wall = time.time()
+    clock_path = work / "calls" / f"{int(t_wall * 1000)}-{os.getpid()}.json"
 
     def tick(case: str) -> None:
         nonlocal done
         done += 1
-        atomic_write_json(clock_path, {"seconds": before + time.perf_counter() - t_start, "calls": calls})
+        atomic_write_json(clock_path, {"start": t_wall, "seconds": time.perf_counter() - t_start})
         if progress:
             progress({"event": "experiment", "done": done, "total": n_cases, "case": case})
 
@@ -434,13 +436,45 @@ def run_experiment(
         "cross_validated": cv, "folds": [f for f in folds], "seeds": list(cfg.seeds), "splits": splits,
         "n_classes": len(ds.class_names), "class_names": list(ds.class_names), "config": cfg.to_dict(),
         "environment": run_environment(), "wall_seconds": time.perf_counter() - t_start,
-        "wall_seconds_all_calls": before + time.perf_counter() - t_start, "calls": calls,
         "paper": {"citation": PAPER_CITATION, "model": PAPER_MODEL, **PAPER.get(ds.name, {})},
         "reference": reference, "notes": notes,
         "runs": {"active_learning": al_runs, "rfad": rfad_runs, "random_mse": random_runs, "full": full_runs},
     }
+    atomic_write_json(clock_path, {"start": t_wall, "seconds": time.perf_counter() - t_start})
+    report.update(calls_clock(work))
     report["summary"] = summarise(report)
     return report
+
+
+def calls_clock(work_dir: str | os.PathLike) -> dict[str, Any]:
+    """Time spent on a work folder by every call of :func:`run_experiment`, finished or stopped.
+
+    ``wall_seconds_all_calls``: the union of the calls' intervals (calls side by side count once);
+    ``call_seconds_all_calls``: their sum; ``calls``: how many; ``calls_overlap``: whether any two overlapped.
+    A folder written before per-call records existed keeps its total in ``elapsed.json``, counted as one call
+    before all others.
+    """
+    work = Path(work_dir)
+    spans = []
+    for path in sorted((work / "calls").glob("*.json")):
+        rec = _read_json(path)
+        try:
+            start, seconds = float(rec["start"]), float(rec["seconds"])
+        except (TypeError, KeyError, ValueError):
+            continue
+        spans.append((start, start + max(seconds, 0.0)))
+    legacy = _read_json(work / "elapsed.json")
+    legacy_s = float(legacy.get("seconds", 0.0)) if isinstance(legacy, dict) else 0.0
+    legacy_n = int(legacy.get("calls", 0)) if isinstance(legacy, dict) else 0
+    wall, overlap, end = 0.0, False, float("-inf")
+    for a, b in sorted(spans):
+        if a < end:
+            overlap = True
+        wall += max(0.0, b - max(a, end))
+        end = max(end, b)
+    return {"wall_seconds_all_calls": legacy_s + wall,
+            "call_seconds_all_calls": legacy_s + sum(b - a for a, b in spans),
+            "calls": legacy_n + len(spans), "calls_overlap": overlap}
 
 
 def summarise(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -505,6 +539,16 @@ def _rfad_sentence(report: dict[str, Any]) -> str:
             + (f" Coresets reused from {', '.join(f'`{d}`' for d in reused)}." if reused else ""))
 
 
+def _calls_phrase(report: dict[str, Any]) -> str:
+    n = int(report.get("calls", 1))
+    if n <= 1:
+        return ""
+    if report.get("calls_overlap"):
+        return (f" over {n} calls, some side by side ({report['call_seconds_all_calls'] / 60:.1f} min of call time "
+                "in all)")
+    return f" over {n} calls (a rerun resumes finished cases)"
+
+
 def report_markdown(report: dict[str, Any], *, title: str | None = None) -> str:
     cfg = report["config"]
     env = report["environment"]
@@ -528,8 +572,7 @@ def report_markdown(report: dict[str, Any], *, title: str | None = None) -> str:
         + _rfad_sentence(report),
         "",
         f"Machine: {env['cpu']}, {env['cores']} cores (shared), torch {env['torch']}, {cfg['threads']} thread(s)."
-        + (f" Wall time: {wall / 60:.1f} min" + (f" over {report['calls']} calls (a rerun resumes finished cases)"
-                                                 if report.get("calls", 1) > 1 else "") + "." if wall else "")
+        + (f" Wall time: {wall / 60:.1f} min" + _calls_phrase(report) + "." if wall else "")
         + (" Quick version (`--quick`): few epochs and budgets, numbers are indicative only." if cfg.get("quick")
            else ""),
         "",

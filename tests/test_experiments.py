@@ -13,6 +13,7 @@ from edgekws.server.experiments import (
     PAPER,
     ExperimentConfig,
     budget_points,
+    calls_clock,
     load_reference,
     quick_config,
     report_markdown,
@@ -64,6 +65,10 @@ def test_experiment_runs_every_case_and_resumes(speech, tmp_path):
     report2 = run_experiment(speech, tiny(), tmp_path / "work", progress=again.append)
     assert report2["summary"] == report["summary"]
     assert report2["calls"] == 2 and report2["wall_seconds_all_calls"] > report["wall_seconds_all_calls"]
+    assert not report2["calls_overlap"] and "over 2 calls (a rerun resumes finished cases)." in report_markdown(report2)
+    side = {"wall_seconds_all_calls": 160.0, "call_seconds_all_calls": 210.0, "calls": 3, "calls_overlap": True}
+    assert ("Wall time: 2.7 min over 3 calls, some side by side (3.5 min of call time in all)."
+            in report_markdown({**report2, **side}))
     assert not [e for e in again if e["event"] in ("al_epoch", "distill")]
 
 
@@ -86,6 +91,20 @@ def test_report_has_the_papers_numbers_beside_ours_and_a_log_plot(speech, tmp_pa
     # the RFAD row at 50/class gets the paper's number in the same row when we ran it
     fake = dict(report, summary=[dict(r, point="pc50") for r in report["summary"] if r["method"] == "rfad"][:1])
     assert "| RFAD coreset | 50/class |" in report_markdown(fake) and "| 72.24 |" in report_markdown(fake)
+
+
+def test_calls_clock_counts_side_by_side_calls_once(tmp_path):
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    for name, start, seconds in (("a", 1000.0, 100.0), ("b", 1050.0, 100.0), ("c", 2000.0, 10.0)):
+        (calls / f"{name}.json").write_text(json.dumps({"start": start, "seconds": seconds}))
+    (calls / "torn.json").write_text("{")  # unreadable records are skipped
+    clock = calls_clock(tmp_path)
+    # a and b overlap: 1000..1150 is 150 s of wall time; c adds 10 s; the calls themselves took 210 s
+    assert clock == {"wall_seconds_all_calls": 160.0, "call_seconds_all_calls": 210.0, "calls": 3,
+                     "calls_overlap": True}
+    (tmp_path / "elapsed.json").write_text(json.dumps({"seconds": 40.0, "calls": 2}))  # an older folder's total
+    assert calls_clock(tmp_path)["wall_seconds_all_calls"] == 200.0 and calls_clock(tmp_path)["calls"] == 5
 
 
 def test_reuses_only_matching_coresets(speech, tmp_path):
