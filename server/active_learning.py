@@ -292,8 +292,21 @@ def score_pool(model: torch.nn.Module, x: np.ndarray, strategy: str, *, mc_passe
     return PoolScores(*(np.concatenate([q[j] for q in parts]) for j in range(3)))
 
 
-def _fingerprint(cfg: ALConfig, *arrays: np.ndarray) -> str:
-    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
+# How a run is executed, not what it computes: a run may resume with other values of these.
+_EXECUTION_KEYS = ("threads", "device")
+
+
+def _settings(cfg: ALConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    d["train"] = {k: v for k, v in d["train"].items() if k not in _EXECUTION_KEYS}
+    return d
+
+
+def _fingerprint(cfg: ALConfig, *arrays: np.ndarray, legacy: bool = False) -> str:
+    """A hash of the run's settings and data. ``legacy``: as state files of version 1 hashed it, with the thread
+    count and device included (accepted on resume so that those files keep working)."""
+    h = hashlib.sha256(json.dumps(cfg.to_dict() if legacy else _settings(cfg), sort_keys=True,
+                                  default=str).encode())
     for a in arrays:
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype}{a.shape}".encode())
@@ -301,7 +314,20 @@ def _fingerprint(cfg: ALConfig, *arrays: np.ndarray) -> str:
     return h.hexdigest()[:24]
 
 
-def _load_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that differs between two config dicts (execution keys left out)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            if k in _EXECUTION_KEYS and prefix == "train.":
+                continue
+            out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def _load_state(path: Path, fingerprint: str, *, accept: tuple[str, ...] = (),
+                config: dict[str, Any] | None = None) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
@@ -312,9 +338,14 @@ def _load_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
         raise ValueError(f"{path}: not an active-learning state file")
     if state.get("version") != STATE_VERSION:
         raise ValueError(f"{path}: state version {state.get('version')} is not {STATE_VERSION}; delete it")
-    if state.get("fingerprint") != fingerprint:
-        raise ValueError(f"{path}: written by a run with other settings or data; use another state path or delete "
-                         "it to start over")
+    if state.get("fingerprint") not in (fingerprint, *accept):
+        # compared as stored (JSON turns tuples into lists)
+        diff = (_differences(state.get("config"), json.loads(json.dumps(config, default=str)))
+                if config is not None else [])
+        what = (f"other settings ({'; '.join(diff[:6])}{'; ...' if len(diff) > 6 else ''})" if diff
+                else "other data (the pool, the validation or the test split differ)")
+        raise ValueError(f"{path}: written by a run with {what}; use another state path or delete it to start over")
+    state["fingerprint"] = fingerprint
     return state
 
 
@@ -394,7 +425,8 @@ def run_active_learning(
     # the seed set and its net depend on everything but the strategy: runs that differ only there can share it
     fingerprint_without_strategy = _fingerprint(dataclasses.replace(cfg, strategy="random"), *data)
     path = Path(state_path) if state_path is not None else None
-    state = _load_state(path, fingerprint) if (resume and path is not None) else None
+    state = (_load_state(path, fingerprint, accept=(_fingerprint(cfg, *data, legacy=True),), config=cfg.to_dict())
+             if (resume and path is not None) else None)
     if state is None:
         state = {"format": STATE_FORMAT, "version": STATE_VERSION, "fingerprint": fingerprint,
                  "config": cfg.to_dict(), "pool_size": n, "sizes": sizes, "round": 0, "seconds": 0.0,

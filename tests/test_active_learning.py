@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -9,6 +10,7 @@ from edgekws.features import FeatureConfig
 from edgekws.models import create_model
 from edgekws.server.active_learning import (
     ALConfig,
+    _fingerprint,
     acquisition_scores,
     budget_schedule,
     canonical_strategy,
@@ -215,9 +217,33 @@ def test_resume_gives_the_uninterrupted_result(tmp_path):
     trained.clear()
     assert run("bald", data, state_path=path, progress=trained.append).labelled == whole.labelled
     assert not [e for e in trained if e["event"] == "al_epoch"]
-    # a state file from other settings is refused, not silently reused
-    with pytest.raises(ValueError, match="other settings"):
+    # another thread count is how the run executes, not what it computes: the finished state is reused
+    trained.clear()
+    threads = dataclasses.replace(tiny_train(), threads=2)
+    assert run("bald", data, state_path=path, train=threads, progress=trained.append).labelled == whole.labelled
+    assert not [e for e in trained if e["event"] == "al_epoch"]
+    # a state file from other settings is refused, not silently reused, and the message names what differs
+    with pytest.raises(ValueError, match="other settings \\(strategy: 'bald' -> 'entropy'\\)"):
         run("entropy", data, state_path=path)
+    with pytest.raises(ValueError, match="train.epochs: 4 -> 5"):
+        run("bald", data, state_path=path, train=tiny_train(epochs=5))
+    x, y, hard, xv, yv, xt, yt = data
+    with pytest.raises(ValueError, match="other data"):
+        run("bald", (x, y, hard, xv, yv, xt[:-1], yt[:-1]), state_path=path)
+
+
+def test_state_files_hashed_with_the_thread_count_still_resume(tmp_path):
+    data = toy_pool()
+    path = tmp_path / "run.json"
+    whole = run("random", data, state_path=path)
+    x, y, _, xv, yv, xt, yt = data
+    state = json.loads(path.read_text())
+    # as version-1 states were written: the fingerprint covered train.threads and train.device too
+    state["fingerprint"] = _fingerprint(al_config("random"), x, y, xt, yt, xv, yv, legacy=True)
+    path.write_text(json.dumps(state))
+    trained = []
+    assert run("random", data, state_path=path, progress=trained.append).labelled == whole.labelled
+    assert not [e for e in trained if e["event"] == "al_epoch"]
 
 
 def test_bad_inputs_are_named():
