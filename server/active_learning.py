@@ -296,16 +296,15 @@ def score_pool(model: torch.nn.Module, x: np.ndarray, strategy: str, *, mc_passe
 _EXECUTION_KEYS = ("threads", "device")
 
 
-def _settings(cfg: ALConfig) -> dict[str, Any]:
-    d = cfg.to_dict()
-    d["train"] = {k: v for k, v in d["train"].items() if k not in _EXECUTION_KEYS}
-    return d
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config dict (:meth:`ALConfig.to_dict`) without the execution keys of its training recipe."""
+    return {**config, "train": {k: v for k, v in config["train"].items() if k not in _EXECUTION_KEYS}}
 
 
 def _fingerprint(cfg: ALConfig, *arrays: np.ndarray, legacy: bool = False) -> str:
     """A hash of the run's settings and data. ``legacy``: as state files of version 1 hashed it, with the thread
     count and device included (accepted on resume so that those files keep working)."""
-    h = hashlib.sha256(json.dumps(cfg.to_dict() if legacy else _settings(cfg), sort_keys=True,
+    h = hashlib.sha256(json.dumps(cfg.to_dict() if legacy else _settings(cfg.to_dict()), sort_keys=True,
                                   default=str).encode())
     for a in arrays:
         a = np.ascontiguousarray(a)
@@ -315,19 +314,16 @@ def _fingerprint(cfg: ALConfig, *arrays: np.ndarray, legacy: bool = False) -> st
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """``key: old -> new`` for every setting that differs between two config dicts (execution keys left out)."""
+    """``key: old -> new`` for every value that differs between two nested dicts."""
     if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new)):
-            if k in _EXECUTION_KEYS and prefix == "train.":
-                continue
-            out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
-        return out
+        return [d for k in sorted(set(old) | set(new)) for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
 
 
-def _load_state(path: Path, fingerprint: str, *, accept: tuple[str, ...] = (),
+def _load_state(path: Path, fingerprint: str, *, legacy: Callable[[], str] | None = None,
                 config: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The state at ``path`` if it was written by this run (``fingerprint``, or ``legacy()``, computed only when
+    the first does not match); ``config`` (:meth:`ALConfig.to_dict`) names what differs when it was not."""
     if not path.is_file():
         return None
     try:
@@ -338,10 +334,11 @@ def _load_state(path: Path, fingerprint: str, *, accept: tuple[str, ...] = (),
         raise ValueError(f"{path}: not an active-learning state file")
     if state.get("version") != STATE_VERSION:
         raise ValueError(f"{path}: state version {state.get('version')} is not {STATE_VERSION}; delete it")
-    if state.get("fingerprint") not in (fingerprint, *accept):
+    if state.get("fingerprint") != fingerprint and (legacy is None or state.get("fingerprint") != legacy()):
+        stored = state.get("config")
         # compared as stored (JSON turns tuples into lists)
-        diff = (_differences(state.get("config"), json.loads(json.dumps(config, default=str)))
-                if config is not None else [])
+        diff = (_differences(_settings(stored), _settings(json.loads(json.dumps(config, default=str))))
+                if config is not None and isinstance(stored, dict) and isinstance(stored.get("train"), dict) else [])
         what = (f"other settings ({'; '.join(diff[:6])}{'; ...' if len(diff) > 6 else ''})" if diff
                 else "other data (the pool, the validation or the test split differ)")
         raise ValueError(f"{path}: written by a run with {what}; use another state path or delete it to start over")
@@ -425,7 +422,7 @@ def run_active_learning(
     # the seed set and its net depend on everything but the strategy: runs that differ only there can share it
     fingerprint_without_strategy = _fingerprint(dataclasses.replace(cfg, strategy="random"), *data)
     path = Path(state_path) if state_path is not None else None
-    state = (_load_state(path, fingerprint, accept=(_fingerprint(cfg, *data, legacy=True),), config=cfg.to_dict())
+    state = (_load_state(path, fingerprint, legacy=lambda: _fingerprint(cfg, *data, legacy=True), config=cfg.to_dict())
              if (resume and path is not None) else None)
     if state is None:
         state = {"format": STATE_FORMAT, "version": STATE_VERSION, "fingerprint": fingerprint,

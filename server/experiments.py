@@ -330,10 +330,13 @@ def run_experiment(
     t_wall = time.time()
     clock_path = work / "calls" / f"{int(t_wall * 1000)}-{os.getpid()}.json"
 
+    def stamp() -> None:
+        atomic_write_json(clock_path, {"start": t_wall, "seconds": time.perf_counter() - t_start})
+
     def tick(case: str) -> None:
         nonlocal done
         done += 1
-        atomic_write_json(clock_path, {"start": t_wall, "seconds": time.perf_counter() - t_start})
+        stamp()
         if progress:
             progress({"event": "experiment", "done": done, "total": n_cases, "case": case})
 
@@ -440,7 +443,7 @@ def run_experiment(
         "reference": reference, "notes": notes,
         "runs": {"active_learning": al_runs, "rfad": rfad_runs, "random_mse": random_runs, "full": full_runs},
     }
-    atomic_write_json(clock_path, {"start": t_wall, "seconds": time.perf_counter() - t_start})
+    stamp()
     report.update(calls_clock(work))
     report["summary"] = summarise(report)
     return report
