@@ -90,8 +90,17 @@ def _progress(enabled: bool = True) -> Iterator[Any]:
                 prog.update(task("distil", ev["steps"]), completed=ev["step"], total=ev["steps"], info=info)
             elif kind == "export":
                 prog.update(task("export", ev["total"]), completed=ev["done"], total=ev["total"], info=ev["graph"])
+            elif kind in ("download", "verify", "unpack"):  # bytes (download, verify) or archive position
+                total = ev.get("total")
+                mb = f"{ev['done'] / 1e6:.1f}" + (f" / {total / 1e6:.1f} MB" if total else " MB")
+                prog.update(task(f"{kind} {ev.get('name', '')}".strip(), total), completed=ev["done"], total=total,
+                            info=mb if kind != "unpack" else "")
 
         yield on_event
+
+
+_DATASET_HELP = ("synthetic (embedded default) | gsc | us8k | esc50 | esc10; without --data-dir a real dataset is "
+                 "downloaded into the cache on first use")
 
 
 def _load_dataset(dataset: str, data_dir: Optional[Path], keywords: Optional[tuple[str, ...]], per_class: int,
@@ -102,9 +111,11 @@ def _load_dataset(dataset: str, data_dir: Optional[Path], keywords: Optional[tup
     if dataset == "synthetic":
         kwargs = {"per_class": per_class, "seed": seed,
                   "progress": lambda d, t: on_event({"event": "synthesise", "done": d, "total": t})}
-    try:
-        return load_dataset(dataset, data_dir, keywords=keywords, **kwargs)
-    except (FileNotFoundError, ValueError) as exc:
+    from edgekws.datasets.download import DownloadError
+
+    try:  # a real dataset without --data-dir comes from the cache, downloaded there on first use
+        return load_dataset(dataset, data_dir, keywords=keywords, download=True, download_progress=on_event, **kwargs)
+    except (FileNotFoundError, ValueError, DownloadError) as exc:
         _fail(str(exc))
 
 
@@ -123,7 +134,7 @@ def _print_metrics(m: dict[str, Any]) -> None:
 
 @app.command()
 def train(
-    dataset: str = typer.Option("synthetic", help="synthetic | gsc | us8k | esc50"),
+    dataset: str = typer.Option("synthetic", help=_DATASET_HELP),
     data_dir: Optional[Path] = typer.Option(None, help="dataset folder (real datasets)"),
     model: str = typer.Option("cnn4", help="model name (see `edgekws models`)"),
     keywords: Optional[str] = typer.Option(None, help="comma-separated keywords (speech datasets)"),
@@ -160,7 +171,7 @@ def train(
 @app.command()
 def distill(
     target: str = typer.Option("rpi", help="rpi | phone | mcu: picks the model and feature profile"),
-    dataset: str = typer.Option("synthetic", help="synthetic (embedded default) | gsc | us8k | esc50"),
+    dataset: str = typer.Option("synthetic", help=_DATASET_HELP),
     data_dir: Optional[Path] = typer.Option(None, help="dataset folder (real datasets)"),
     keywords: Optional[str] = typer.Option(None, help='custom keywords, e.g. "lights on,lights off"'),
     per_class: int = typer.Option(50, min=1, help="coreset samples per class"),
@@ -478,7 +489,7 @@ def data_synth(
 
 @data_app.command("info")
 def data_info(
-    dataset: str = typer.Option(..., help="synthetic | gsc | us8k | esc50"),
+    dataset: str = typer.Option(..., help=_DATASET_HELP),
     data_dir: Optional[Path] = typer.Option(None),
     keywords: Optional[str] = typer.Option(None),
     per_class: int = typer.Option(300),
@@ -497,6 +508,27 @@ def data_info(
     for c, name in enumerate(ds.class_names):
         t.add_row(name, *[str(int(np.sum((ds.labels == c) & (ds.folds == f)))) for f in folds])
     console.print(t)
+
+
+@data_app.command("download")
+def data_download(
+    dataset: str = typer.Option(..., help="gsc | esc50 | esc10 | us8k"),
+    keep_archive: bool = typer.Option(False, "--keep-archive", help="keep the downloaded archive after unpacking"),
+) -> None:
+    """Download a public dataset into the cache (resumable; checked against its published checksum)."""
+    from edgekws.datasets.download import DownloadError, describe, fetch_dataset
+
+    try:
+        info = describe(dataset)
+    except KeyError:
+        _fail(f"no download for {dataset!r}; choose gsc, esc50, esc10 or us8k")
+    console.print(f"{info['title']} from {info['url']}\nlicence: {info['licence']} ({info['homepage']})")
+    try:
+        with _progress() as on_event:
+            root = fetch_dataset(dataset, progress=on_event, keep_archive=keep_archive)
+    except DownloadError as exc:
+        _fail(str(exc))
+    console.print(f"[green]ready:[/] {root}")
 
 
 def main() -> None:  # pragma: no cover
