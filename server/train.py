@@ -27,7 +27,9 @@ import torch.nn.functional as F
 
 from edgekws.features import FeatureConfig, mfcc, normalize
 from edgekws.models import create_model, model_from_config
-from edgekws.server.runtime import atomic_torch_save, pick_device
+from edgekws.server.checkpoint import (CheckpointError, read_checkpoint, read_train_state, write_checkpoint,
+                                        write_train_state)
+from edgekws.server.runtime import pick_device
 
 __all__ = [
     "AugmentConfig",
@@ -234,11 +236,11 @@ def evaluate(model: torch.nn.Module, feats: np.ndarray, labels: np.ndarray, n_cl
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, feature_cfg: FeatureConfig,
                     class_names: list[str] | tuple[str, ...], metrics: dict[str, Any] | None = None,
                     train_cfg: TrainConfig | None = None) -> None:
-    """A self-contained model file: architecture config, weights, FeatureConfig, class names, metrics."""
-    atomic_torch_save(
+    """A self-contained model file: architecture config, weights, FeatureConfig, class names, metrics, checksum."""
+    write_checkpoint(
         {
             "format": "edgekws-model",
-            "version": 1,
+            "version": 2,
             "model_config": model.config,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "feature_config": feature_cfg.to_dict(),
@@ -251,20 +253,32 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, feature_cfg
 
 
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn.Module, FeatureConfig, list[str], dict]:
-    """Rebuild a model saved by :func:`save_checkpoint`; returns (model in eval mode, FeatureConfig, classes, blob)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    """Rebuild a model saved by :func:`save_checkpoint`; returns (model in eval mode, FeatureConfig, classes, blob).
+
+    The file is read as data only (tensors and plain values; nothing in it can run code) and its checksum is
+    verified; version-1 files, written before checkpoints carried one, are read without it.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: (:class:`CheckpointError`) damaged, refused, not an edgekws model, or weights that do not fit
+            the model it describes; one line naming the file.
+    """
+    blob = read_checkpoint(path, what="checkpoint", require_checksum=lambda b: b.get("version") != 1)
+    if blob.get("format") != "edgekws-model":
+        raise CheckpointError(f"{path}: not an edgekws model checkpoint")
+    version = blob.get("version")
+    if not isinstance(version, int) or version > 2:
+        raise CheckpointError(f"{path}: model checkpoint version {version!r} is newer than this edgekws reads (2)")
     try:
-        blob = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:  # torch raises many types for damaged files
-        raise ValueError(f"{path}: not a readable edgekws checkpoint ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(blob, dict) or blob.get("format") != "edgekws-model":
-        raise ValueError(f"{path}: not an edgekws model checkpoint")
-    model = model_from_config(blob["model_config"])
-    model.load_state_dict(blob["state_dict"])
-    model.eval()
-    return model, FeatureConfig.from_dict(blob["feature_config"]), list(blob["class_names"]), blob
+        model = model_from_config(blob["model_config"])
+        model.load_state_dict(blob["state_dict"])
+        fcfg = FeatureConfig.from_dict(blob["feature_config"])
+        classes = list(blob["class_names"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: invalid model checkpoint ({exc.__class__.__name__}: "
+                              f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})") from None
+    model.to(device).eval()
+    return model, fcfg, classes, blob
 
 
 def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
@@ -337,8 +351,9 @@ def train_model(
     history: list[dict[str, float]] = []
     best_state, best_acc, best_epoch, start_epoch, bad_epochs = None, -1.0, -1, 0, 0
     ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    run = {"training_clips": n, "classes": n_classes, "inputs": inputs, "input_shape": list(feature_cfg.shape)}
     if resume and ckpt_path is not None and ckpt_path.is_file():
-        st = torch.load(ckpt_path, map_location=device, weights_only=False)
+        st = read_train_state(ckpt_path, cfg.to_dict(), run)  # same settings and data, checksum verified
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
@@ -398,12 +413,13 @@ def train_model(
                 bad_epochs += 1
         history.append(rec)
         if ckpt_path is not None:
-            atomic_torch_save(
+            write_train_state(
+                ckpt_path,
                 {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch,
                  "history": history, "best_acc": best_acc, "best_epoch": best_epoch, "best_state": best_state,
                  "bad_epochs": bad_epochs, "np_rng": rng.bit_generator.state, "torch_gen": gen.get_state(),
                  "torch_rng": torch.get_rng_state(), "config": cfg.to_dict()},
-                ckpt_path,
+                run,
             )
         if progress:
             progress({"event": "epoch", "epochs": cfg.epochs, **rec})
