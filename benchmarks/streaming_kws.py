@@ -47,7 +47,7 @@ OTHER_WORDS = ("bed", "bird", "cat", "dog", "eight", "five", "four", "happy", "h
 SENTENCE_WORDS = ("the", "a", "is", "was", "we", "they", "have", "this", "that", "very", "today", "morning", "water",
                   "kitchen", "table", "window", "garden", "music", "little", "yellow", "paper", "coffee", "later",
                   "maybe", "really", "weather", "quiet", "dinner", "around", "seven", "house", "bird", "happy")
-DEFAULT_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
+DEFAULT_THRESHOLDS = (0.3, 0.45, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 
 def is_detection_class(name: str) -> bool:
@@ -539,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--embedded-key", action="store_true")
     ap.add_argument("--format", dest="fmt", default=None)
     ap.add_argument("--precision", default=None)
-    ap.add_argument("--streams", type=int, default=6)
+    ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0, help="streams use seeds seed .. seed+streams-1")
     ap.add_argument("--threshold", type=float, default=0.6)
