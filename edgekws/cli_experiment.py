@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 experiment_app = typer.Typer(no_args_is_help=True, help="Experiments: the paper's tables, reproduced.")
 console = Console(stderr=True)
 
-_DATASETS = ("gsc", "us8k", "esc50", "synthetic")
+_DATASETS = ("gsc", "us8k", "esc50", "esc10", "synthetic")
 _MODELS = ("cnn4", "resnet18")
 
 
@@ -76,7 +76,8 @@ class _Display:
 
 @experiment_app.command("tables")
 def tables(
-    dataset: str = typer.Option(..., "--dataset", help="gsc | us8k | esc50 (synthetic: the embedded keywords)"),
+    dataset: str = typer.Option(..., "--dataset", help="gsc | us8k | esc50 | esc10 (synthetic: the embedded "
+                                 "keywords); without --data-dir a real dataset is downloaded into the cache"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="dataset folder"),
     model: str = typer.Option("cnn4", "--model", help="cnn4 | resnet18"),
     folds: Optional[str] = typer.Option(None, "--folds", help="test folds of us8k/esc50, e.g. 1,2,3 (default: all "
@@ -122,8 +123,6 @@ def tables(
         _fail(f"unknown dataset {dataset!r}; choose one of {', '.join(_DATASETS)}")
     if model not in _MODELS:
         _fail(f"unknown model {model!r}; choose one of {', '.join(_MODELS)}")
-    if dataset != "synthetic" and data_dir is None:
-        _fail(f"--data-dir is required for {dataset}")
     if data_dir is not None and not data_dir.is_dir():
         _fail(f"--data-dir {data_dir} is not a folder")
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -132,7 +131,7 @@ def tables(
     from edgekws.server.experiments import ExperimentConfig, load_reference, quick_config, run_experiment, \
         write_report
 
-    cv = dataset in ("us8k", "esc50")
+    cv = dataset in ("us8k", "esc50", "esc10")
     overrides: dict[str, Any] = {"model": model, "threads": threads, "device": device}
     for key, val in (("folds", _csv(folds, str, "--folds")), ("seeds", _csv(seeds, int, "--seeds")),
                      ("strategies", _csv(strategies, str, "--strategies")),
@@ -167,10 +166,19 @@ def tables(
     kws = tuple(w.strip() for w in keywords.split(",") if w.strip()) if keywords else None
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console) as prog:
+        from edgekws.datasets.download import DownloadError
+
+        def fetched(ev: dict) -> None:  # without --data-dir a real dataset is downloaded into the cache once
+            key = f"{ev['event']} {ev.get('name', '')}"
+            if key not in tasks:
+                tasks[key] = prog.add_task(key, total=ev.get("total"), info="")
+            prog.update(tasks[key], completed=ev["done"], total=ev.get("total"))
+
+        tasks: dict[str, Any] = {}
         try:
-            ds = load_dataset(dataset, data_dir, keywords=kws, **kwargs)
+            ds = load_dataset(dataset, data_dir, keywords=kws, download=True, download_progress=fetched, **kwargs)
             report = run_experiment(ds, cfg, work, reference=ref, progress=_Display(prog))
-        except (ValueError, FileNotFoundError) as exc:
+        except (ValueError, FileNotFoundError, DownloadError) as exc:
             _fail(str(exc))
     extra = time.perf_counter() - t0 - report["wall_seconds"]  # loading the dataset
     report["wall_seconds"] += extra
