@@ -214,7 +214,8 @@ def read_coreset(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tuple
 
 @dataclass
 class DeviceModel:
-    """Logits (and embeddings) for normalised MFCC windows ``(B, 1, n_mfcc, frames)``.
+    """Logits (and embeddings) for model inputs ``(B, 1, H, W)``: normalised MFCC windows, or speech-embedding
+    sequences when the bundle names that front end (:meth:`clip_inputs` makes either from audio).
 
     With ``head`` set, logits are ``embedding_graph(x) @ W.T + b`` (a local fine-tuned version); otherwise the
     bundle's classifier graph runs directly.
@@ -235,6 +236,7 @@ class DeviceModel:
     _head: tuple[np.ndarray, np.ndarray] | None = None
     _version_mtime: float = field(default=-1.0, repr=False)
     _bundle_temperature: float | None = field(default=None, repr=False)
+    _frontend: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.classes = self.bundle.classes
@@ -243,6 +245,23 @@ class DeviceModel:
     @property
     def feature_config(self) -> FeatureConfig:
         return self.bundle.feature_config
+
+    @property
+    def frontend(self) -> Any:
+        """The bundle's front end (:func:`edgekws.device.frontend.frontend_for`: MFCC, or the speech-embedding
+        graphs the bundle carries), opened once."""
+        if self._frontend is None:
+            from .frontend import FrontEndError, frontend_for
+
+            try:
+                self._frontend = frontend_for(self.bundle, threads=self.threads)
+            except FrontEndError as exc:
+                raise DeviceModelError(str(exc)) from exc
+        return self._frontend
+
+    def clip_inputs(self, clips: np.ndarray) -> np.ndarray:
+        """Model inputs ``(N, 1, H, W)`` of clips ``(N, samples)`` (MFCC or speech-embedding sequences)."""
+        return self.frontend.clips(clips)
 
     def reload(self) -> bool:
         """Switch to the state directory's current version if it changed; True when something changed."""

@@ -107,13 +107,17 @@ def clip_windows(y: np.ndarray, segments: list[tuple[int, int]], clip_samples: i
     return out
 
 
-def window_features(y: np.ndarray, windows: list[tuple[int, int]], fc: FeatureConfig) -> np.ndarray:
-    """Normalised MFCC ``(N, 1, n_mfcc, n_frames)`` of the windows (zero-padded at the end of the audio)."""
-    n = fc.clip_samples
+def _window_clips(y: np.ndarray, windows: list[tuple[int, int]], n: int) -> np.ndarray:
     batch = np.zeros((len(windows), n), dtype=np.float32)
     for i, (a, b) in enumerate(windows):
         seg = y[a:b]
         batch[i, : len(seg)] = seg
+    return batch
+
+
+def window_features(y: np.ndarray, windows: list[tuple[int, int]], fc: FeatureConfig) -> np.ndarray:
+    """Normalised MFCC ``(N, 1, n_mfcc, n_frames)`` of the windows (zero-padded at the end of the audio)."""
+    batch = _window_clips(y, windows, fc.clip_samples)
     if not len(windows):
         return np.zeros((0, 1, *fc.shape), dtype=np.float32)
     return mfcc(batch, fc)[:, None]
@@ -206,7 +210,8 @@ def collect(model, y: np.ndarray, store: LabelStore, clips_dir: str | Path, *, s
     clips_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     if wins:
-        x = window_features(y, wins, fc)
+        x = (model.clip_inputs(_window_clips(y, wins, fc.clip_samples)) if hasattr(model, "clip_inputs")
+             else window_features(y, wins, fc))
         emb = model.embed(x)
         lg = model.logits(x)
         mg = margins(lg / float(getattr(model, "temperature", 1.0) or 1.0))

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from edgekws.features import FeatureConfig, StreamingMFCC, mfcc, normalize
+from edgekws.features import FeatureConfig, mfcc, normalize
 
 __all__ = ["Detection", "Detector", "DetectorConfig", "Update", "offline_windows", "run_detector", "softmax"]
 
@@ -109,19 +109,27 @@ class Detector:
     ``feed(block)`` returns the :class:`Update` objects produced by that block (one per hop).
     """
 
-    def __init__(self, model, feature_config: FeatureConfig, config: DetectorConfig | None = None) -> None:
+    def __init__(self, model, feature_config: FeatureConfig, config: DetectorConfig | None = None, *,
+                 frontend=None) -> None:
+        from .frontend import MfccFrontEnd, frontend_for
+
         self.model = model
         self.fc = feature_config
         self.cfg = config or DetectorConfig()
-        self.hop = self.cfg.hop_frames(self.fc)
-        T = self.fc.n_frames
-        self._ring = np.zeros((self.fc.n_mfcc, 2 * T), dtype=np.float32)
-        self._mfcc = StreamingMFCC(self.fc)
-        self._frames = 0  # frames written in total
-        self._since = 0  # frames since the last inference
+        if frontend is None:
+            bundle = getattr(model, "bundle", None)
+            if bundle is not None and (getattr(bundle, "manifest", None) or {}).get("frontend"):
+                frontend = getattr(model, "frontend", None) or frontend_for(bundle, threads=getattr(model, "threads", 1))
+            else:
+                frontend = MfccFrontEnd(feature_config, hop_ms=self.cfg.hop_ms)
+        self.frontend = frontend
+        self.hop = frontend.hop_level_frames
+        self._stream = frontend.stream()
+        self._mfcc = getattr(self._stream, "_mfcc", None)  # the MFCC front end's incremental MFCC (timing harnesses)
         self._history: deque[np.ndarray] = deque(maxlen=self.cfg.smooth)
         self._last_fire = -math.inf
-        self._levels: deque[float] = deque(maxlen=max(T, round(self.cfg.floor_s * 1000 / self.fc.hop_ms)))
+        T = frontend.window_level_frames
+        self._levels: deque[float] = deque(maxlen=max(T, round(self.cfg.floor_s * 1000 / frontend.level_frame_ms)))
         self.samples_seen = 0
         self._set_classes(tuple(model.classes))
 
@@ -133,9 +141,9 @@ class Detector:
         self._history.clear()
 
     def reset(self) -> None:
-        self._mfcc.reset()
-        self._ring[:] = 0
-        self._frames = self._since = self.samples_seen = 0
+        self._stream = self.frontend.stream()
+        self._mfcc = getattr(self._stream, "_mfcc", None)
+        self.samples_seen = 0
         self._history.clear()
         self._levels.clear()
         self._last_fire = -math.inf
@@ -147,38 +155,23 @@ class Detector:
 
     @property
     def window_seconds(self) -> float:
-        return self.fc.clip_samples / self.fc.sample_rate
-
-    def _window(self) -> np.ndarray:
-        T = self.fc.n_frames
-        p = self._frames % T
-        return self._ring[:, p : p + T]
+        return self.frontend.window_seconds
 
     def feed(self, block: np.ndarray) -> list[Update]:
         block = np.asarray(block, dtype=np.float32).reshape(-1)
         if not np.all(np.isfinite(block)):
             raise ValueError("audio block contains NaN or infinity")
         self.samples_seen += block.size
-        frames = self._mfcc.push(block)
-        T, hop_len, sr = self.fc.n_frames, self.fc.hop_length, self.fc.sample_rate
+        windows = self._stream.push(block)
+        levels = self._stream.levels
         out: list[Update] = []
-        for j in range(frames.shape[1]):
-            f = frames[:, j]
-            p = self._frames % T
-            self._ring[:, p] = f
-            self._ring[:, p + T] = f
-            self._frames += 1
-            self._since += 1
-            # c0 of the orthonormal DCT is proportional to the mean log-mel energy: a cheap level estimate.
-            self._levels.append(float(f[0]) / math.sqrt(self.fc.n_mels))
-            if self._frames >= T and (self._frames == T or self._since >= self.hop):
-                self._since = 0
-                first = self._frames - T
-                start = first * hop_len / sr
-                end = start + self.window_seconds
-                x = normalize(self._window()[None], self.fc)[:, None]
-                logits = np.asarray(self.model.logits(x), dtype=np.float32)[0]
-                out.append(self._decide(logits, start, end))
+        used = 0
+        for w in windows:
+            self._levels.extend(levels[used: w.level_count])
+            used = max(used, w.level_count)
+            logits = np.asarray(self.model.logits(w.x), dtype=np.float32)[0]
+            out.append(self._decide(logits, w.start, w.end))
+        self._levels.extend(levels[used:])
         return out
 
     def _decide(self, logits: np.ndarray, start: float, end: float) -> Update:
@@ -188,7 +181,7 @@ class Detector:
         self._history.append(probs)
         smooth = np.mean(np.stack(self._history), axis=0)
         levels = np.fromiter(self._levels, dtype=np.float64)
-        T = self.fc.n_frames
+        T = self.frontend.window_level_frames
         level = float(levels[-self.hop :].max()) if levels.size else -100.0
         loud = self.cfg.gate_db <= 0 or float(levels[-T:].max()) - float(np.percentile(levels, 10)) >= self.cfg.gate_db
         upd = Update(time=end, level_db=level, logits=logits, probs=smooth)

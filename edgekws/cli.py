@@ -108,8 +108,8 @@ def _load_dataset(dataset: str, data_dir: Optional[Path], keywords: Optional[tup
     from edgekws.datasets import load_dataset
 
     kwargs: dict[str, Any] = {}
-    if dataset == "synthetic":
-        kwargs = {"per_class": per_class, "seed": seed,
+    if dataset == "synthetic":  # with a "_nothing_" class: other words, noise and silence, never a detection
+        kwargs = {"per_class": per_class, "seed": seed, "nothing": per_class,
                   "progress": lambda d, t: on_event({"event": "synthesise", "done": d, "total": t})}
     from edgekws.datasets.download import DownloadError
 
@@ -189,6 +189,11 @@ def distill(
     resume: bool = typer.Option(False, help="continue an interrupted run in --out"),
     publish: Optional[str] = typer.Option(None, "--publish", help="then publish the bundle to this registry URL"),
     channel: str = typer.Option("stable", "--channel", help="--publish: release channel"),
+    backbone: Optional[str] = typer.Option(None, help="mfcc-cnn (MFCC CNN, RFAD coreset) | speech-embedding (frozen "
+                                                      "pretrained speech front end + small head); default: the target's"),
+    check_dataset: Optional[str] = typer.Option(None, help="then report the shipped graph's accuracy on this real "
+                                                           "labelled dataset (e.g. gsc)"),
+    check_dir: Optional[Path] = typer.Option(None, help="folder of --check-dataset"),
 ) -> None:
     """Distil a dataset (the embedded synthetic keywords by default) into a coreset and train the target's model on it."""
     from edgekws.server.distributed import init_from_env
@@ -204,6 +209,21 @@ def distill(
     except ValueError as exc:
         _fail(str(exc))
     out = out or Path("runs") / target
+    from edgekws.cli_speech import report_check, resolve_backbone, run_speech_distill
+
+    chosen, why = resolve_backbone(backbone, tgt)
+    if chosen == "speech-embedding":
+        run_speech_distill(tgt, dataset=dataset, data_dir=data_dir, keywords=_keywords(keywords), per_class=per_class,
+                           synthetic_per_class=synthetic_per_class, seed=seed, test_fold=test_fold, out=out, why=why,
+                           epochs=epochs)
+        _export_and_sign(out / "model.pt", tgt.name, out / "bundle", coreset=out / "coreset.npz", key=None)
+        if check_dataset:
+            report_check(out / "bundle", check_dataset, check_dir, out / "check.json")
+        if publish:
+            from edgekws.cli_ship import publish_bundle
+
+            publish_bundle(out / "bundle", publish, channel, target=tgt.name)
+        return
     comm = init_from_env()  # under torchrun: distil together, rank 0 trains and writes
     t0 = time.perf_counter()
     tcfg = TrainConfig(model=tgt.model, model_kwargs=dict(tgt.model_kwargs), epochs=epochs, loss="mse",
@@ -225,6 +245,8 @@ def distill(
     console.print(f"target {tgt.name}: {tgt.model}; wrote {out}/coreset.npz, model.pt, metrics.json in "
                   f"{time.perf_counter() - t0:.0f} s")
     _export_and_sign(out / "model.pt", tgt.name, out / "bundle", coreset=out / "coreset.npz", key=None)
+    if check_dataset:
+        report_check(out / "bundle", check_dataset, check_dir, out / "check.json")
     if publish:
         from edgekws.cli_ship import publish_bundle
 

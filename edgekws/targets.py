@@ -6,6 +6,11 @@ the device should run (``precision``), how int8 ONNX graphs are quantized (``qua
 activations on coreset or real features, ``dynamic`` needs no data), how many features to calibrate on, the
 threads the device gives inference, and its memory budgets. ``model_budget_kb`` bounds the size of the primary
 graph (first format at ``precision``); an export that does not fit is refused.
+
+``backbone`` picks what the server trains: ``mfcc-cnn`` (``model`` on MFCC, distilled into an RFAD coreset) or
+``speech-embedding`` (a frozen pretrained speech front end, :mod:`edgekws.speech_embedding`, with the small
+trainable ``embedding_model`` on top and a coreset in the embedding space). ``edgekws distill --backbone`` overrides
+it; a target without the front end's graphs installed falls back to ``mfcc-cnn`` and says so.
 Torch-free: the device reads targets too.
 """
 
@@ -17,10 +22,11 @@ from typing import Any
 
 from edgekws.features import FeatureConfig
 
-__all__ = ["FORMATS", "PRECISIONS", "TARGETS", "Target", "get_target"]
+__all__ = ["BACKBONES", "FORMATS", "PRECISIONS", "TARGETS", "Target", "get_target"]
 
 FORMATS = ("onnx", "tflite")
 PRECISIONS = ("fp32", "int8")
+BACKBONES = ("mfcc-cnn", "speech-embedding")
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,13 @@ class Target:
     quantization: str = "static"  # "static" | "dynamic" (ONNX Runtime int8)
     calibration_clips: int = 256
     graphs: tuple[str, ...] = ("classifier", "embedding")
+    backbone: str = "mfcc-cnn"
+    embedding_model: str = "se-head"
+    embedding_model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"target {self.name}: backbone {self.backbone!r} must be one of {BACKBONES}")
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
             raise ValueError(f"target {self.name}: formats {self.formats} must be among {FORMATS}")
@@ -73,6 +84,7 @@ TARGETS: dict[str, Target] = {
             precision="int8",
             threads=1,
             memory_budget_kb=80 * 1024,
+            backbone="speech-embedding",
         ),
         Target(
             name="phone",
@@ -84,6 +96,7 @@ TARGETS: dict[str, Target] = {
             precision="fp32",
             threads=2,
             memory_budget_kb=200 * 1024,
+            backbone="speech-embedding",
         ),
         Target(
             name="mcu",

@@ -38,7 +38,7 @@ from .parity import compare, graph_outputs, torch_outputs
 from .quantize import quantize_onnx
 from .tflite import export_tflite, tflite_unavailable_reason
 
-__all__ = ["FP32_TOLERANCE", "ExportResult", "export_bundle", "real_features"]
+__all__ = ["FP32_TOLERANCE", "FRONTEND_FILES", "ExportResult", "export_bundle", "real_features"]
 
 FP32_TOLERANCE = 1e-4
 """Largest |logit difference| an fp32 graph may show against torch, relative to the largest |logit|."""
@@ -71,14 +71,38 @@ def real_features(dataset: str, data_dir: str | os.PathLike | None, classes: lis
     return normalize(raw[idx], cfg), np.asarray(ds.labels)[idx]
 
 
-def _load_coreset(coreset: Any) -> tuple[Any, Path | None]:
+def _load_coreset(coreset: Any, embedding: bool = False) -> tuple[Any, Path | None]:
     if coreset is None:
         return None, None
     from edgekws.server.rfad import Coreset
 
     if isinstance(coreset, Coreset):
         return coreset, None  # saved into the bundle's staging folder
+    if embedding:
+        from edgekws.server.speech_head import EmbeddingCoreset
+
+        return EmbeddingCoreset.load(coreset), Path(coreset)
     return Coreset.load(coreset), Path(coreset)
+
+
+FRONTEND_FILES = {"melspectrogram": "frontend_melspectrogram.onnx", "embedding": "frontend_embedding.onnx"}
+"""Front-end role -> file name inside a bundle (speech-embedding bundles only)."""
+
+
+def _frontend_files(frontend: dict[str, Any]) -> tuple[dict[str, Path], dict[str, Any]]:
+    """The frozen front-end graphs a speech-embedding bundle carries, and its manifest entry."""
+    from edgekws.speech_embedding import DISTRIBUTION, DISTRIBUTION_VERSION, FrontendConfig, FrontendError, locate_graphs
+
+    try:
+        cfg = FrontendConfig.from_dict(frontend)
+        paths = locate_graphs(check=True)
+    except (FrontendError, ValueError, TypeError) as exc:
+        raise ValueError(f"cannot bundle the speech-embedding front end: {exc}") from None
+    files = {FRONTEND_FILES[role]: p for role, p in paths.items()}
+    entry = {"kind": cfg.kind, "config": cfg.to_dict(), "files": dict(FRONTEND_FILES),
+             "source": f"{DISTRIBUTION} {DISTRIBUTION_VERSION} (Apache-2.0): openWakeWord's ONNX conversion of "
+                       "Google's speech_embedding and its mel-spectrogram front end"}
+    return files, entry
 
 
 def _versions() -> dict[str, str]:
@@ -134,19 +158,22 @@ def export_bundle(
     model, fcfg, classes, blob = load_checkpoint(checkpoint)
     model = model.cpu().eval()
     notes: list[str] = []
-    core, core_path = _load_coreset(coreset)
-    shape = tuple(fcfg.shape)
+    frontend = (blob.get("metrics") or {}).get("frontend")
+    core, core_path = _load_coreset(coreset, embedding=bool(frontend))
+    shape = tuple(model.input_shape) if frontend else tuple(fcfg.shape)
     if core is not None:
         if list(core.class_names) != list(classes):
             raise ValueError(f"coreset classes {list(core.class_names)} differ from the model's {classes}")
         if tuple(core.x.shape[1:]) != shape:
             raise ValueError(f"coreset features are {core.x.shape[1:]}, the model takes {shape}")
     kwargs = model.config.get("kwargs") or {}
-    if model.config.get("name") != tgt.model or any(kwargs.get(k) != v for k, v in tgt.model_kwargs.items()):
-        suggested = tgt.model + "".join(f" {k}={v}" for k, v in tgt.model_kwargs.items())
+    want_model, want_kwargs = ((tgt.embedding_model, tgt.embedding_model_kwargs) if frontend
+                               else (tgt.model, tgt.model_kwargs))
+    if model.config.get("name") != want_model or any(kwargs.get(k) != v for k, v in want_kwargs.items()):
+        suggested = want_model + "".join(f" {k}={v}" for k, v in want_kwargs.items())
         notes.append(f"checkpoint model is {model.config.get('name')}, target {tgt.name} suggests {suggested}; "
                      "exporting the checkpoint's model")
-    if fcfg.shape != tgt.features.shape:
+    if not frontend and fcfg.shape != tgt.features.shape:
         notes.append(f"checkpoint features are {fcfg.shape[0]} MFCC x {fcfg.shape[1]} frames (target profile: "
                      f"{tgt.features.shape[0]} x {tgt.features.shape[1]}); the bundle carries the checkpoint's")
 
@@ -251,6 +278,10 @@ def export_bundle(
         b = model.classifier.bias.detach().cpu().numpy()
         write_head(tmp / HEAD, W, b)
         files[HEAD] = tmp / HEAD
+        extra_manifest: dict[str, Any] = {}
+        if frontend:
+            fe_files, extra_manifest["frontend"] = _frontend_files(frontend)
+            files.update(fe_files)
         if core is not None:
             if core_path is None:
                 core_path = core.save(tmp / CORESET)
@@ -258,7 +289,7 @@ def export_bundle(
         ck_metrics = dict(blob.get("metrics") or {})
         metrics = {
             "checkpoint": {k: ck_metrics.get(k) for k in ("dataset", "fingerprint", "val_accuracy", "test", "coreset",
-                                                         "best_epoch") if k in ck_metrics},
+                                                         "best_epoch", "backbone", "shipped") if k in ck_metrics},
             "parity": parity,
             "budget": budget,
         }
@@ -274,8 +305,10 @@ def export_bundle(
                    "recommended": {"format": primary_fmt if primary in files else "onnx", "precision": tgt.precision,
                                    "threads": tgt.threads},
                    "exporter": {"onnx_opset": DEFAULT_OPSET, "versions": _versions()},
-                   "graph_io": {"input": "mfcc", "classifier_output": "logits", "embedding_output": "embedding",
-                                "tflite_int8_io": "int8 input/output; scale and zero point in the graph"}},
+                   "graph_io": {"input": "speech-embedding sequence (96 x windows)" if frontend else "mfcc",
+                                "classifier_output": "logits", "embedding_output": "embedding",
+                                "tflite_int8_io": "int8 input/output; scale and zero point in the graph"},
+                   **extra_manifest},
         )
     public = load_public_key(Path(private_key) if isinstance(private_key, (str, os.PathLike)) else private_key)
     manifest = verify_bundle(out, public)

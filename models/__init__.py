@@ -19,6 +19,7 @@ from .base import KWSModel, as_batch_images, mc_predict
 from .cnn4 import CNN4
 from .dscnn import DSCNN
 from .resnet import ResNet, ResNet18
+from .sehead import SpeechEmbeddingHead
 
 __all__ = [
     "CNN4",
@@ -27,6 +28,7 @@ __all__ = [
     "MODELS",
     "ResNet",
     "ResNet18",
+    "SpeechEmbeddingHead",
     "as_batch_images",
     "create_model",
     "mc_predict",
@@ -41,6 +43,7 @@ MODELS: dict[str, ModelFactory] = {
     "resnet18-w0.5": functools.partial(ResNet18, width=0.5),
     "resnet18-w0.25": functools.partial(ResNet18, width=0.25),
     "dscnn": DSCNN,
+    "se-head": SpeechEmbeddingHead,  # over frozen speech-embedding sequences (1, 96, 9), not MFCC
 }
 """Registered names -> constructors ``f(n_classes, input_shape, **kwargs) -> KWSModel``."""
 

@@ -20,6 +20,7 @@ shared between train, val and test. The result is cached as one compressed ``.np
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -42,6 +43,7 @@ from edgekws.datasets.base import ClipDataset, stable_hash_fraction
 from edgekws.fileio import atomic_open
 
 __all__ = [
+    "NOTHING",
     "PAPER_KEYWORDS",
     "RECIPE_VERSION",
     "synthetic_keywords",
@@ -49,6 +51,7 @@ __all__ = [
     "voice_pool",
     "default_cache_dir",
     "render_clip",
+    "render_nothing",
 ]
 
 RECIPE_VERSION = 2
@@ -415,35 +418,9 @@ def _noise(rng: np.random.Generator, n: int, sr: int, bank: Sequence[np.ndarray]
     return total, names
 
 
-def render_clip(
-    keyword: str,
-    index: int,
-    *,
-    seed: int = 0,
-    sample_rate: int = 16000,
-    clip_seconds: float = 1.0,
-    vocabulary: Sequence[str] | None = None,
-    voice: str | None = None,
-) -> tuple[np.ndarray, dict]:
-    """Clip ``index`` of ``keyword``: float32 ``(round(sample_rate * clip_seconds),)`` and its parameters.
-
-    The clip depends only on the arguments and the recipe version, so ``render_clip(k, i, seed=s,
-    vocabulary=keywords)`` is exactly clip ``i`` of class ``k`` in ``synthetic_keywords(keywords, seed=s)``.
-    ``vocabulary`` lists every keyword of the dataset (their words never occur in babble noise; default: just
-    ``keyword``). ``voice`` replaces the drawn voice, for previews (the drawn one comes from the voice pool of
-    the clip's fold).
-    """
-    n = int(round(sample_rate * clip_seconds))
-    fold = _clip_fold(seed, keyword, index)
-    rng = _rng("clip", seed, keyword, index)
-    pool = _pools()[fold]
-    drawn = pool[int(rng.integers(len(pool)))]
-    voice = voice or drawn
-    babble = _babble_bank(int(seed), _banned_words(vocabulary or [keyword]), int(sample_rate))
-
-    speech, params = _speak(rng, keyword, voice, sample_rate, n)
-    params["fold"] = fold
-
+def _record(rng: np.random.Generator, speech: np.ndarray, n: int, sample_rate: int, babble: Sequence[np.ndarray],
+            params: dict) -> np.ndarray:
+    """The recording chain: room, placement in the window, level, background noise, microphone, distortion."""
     if rng.random() < 0.6:
         rt60 = float(rng.uniform(0.1, 0.8))
         speech = _fft_convolve(speech, _room_response(rng, sample_rate, rt60))
@@ -508,17 +485,95 @@ def render_clip(
         if peak > 0.99:
             mix *= 0.99 / peak
         params["distortion"] = None
+    return mix
+
+
+def render_clip(
+    keyword: str,
+    index: int,
+    *,
+    seed: int = 0,
+    sample_rate: int = 16000,
+    clip_seconds: float = 1.0,
+    vocabulary: Sequence[str] | None = None,
+    voice: str | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Clip ``index`` of ``keyword``: float32 ``(round(sample_rate * clip_seconds),)`` and its parameters.
+
+    The clip depends only on the arguments and the recipe version, so ``render_clip(k, i, seed=s,
+    vocabulary=keywords)`` is exactly clip ``i`` of class ``k`` in ``synthetic_keywords(keywords, seed=s)``.
+    ``vocabulary`` lists every keyword of the dataset (their words never occur in babble noise; default: just
+    ``keyword``). ``voice`` replaces the drawn voice, for previews (the drawn one comes from the voice pool of
+    the clip's fold).
+    """
+    n = int(round(sample_rate * clip_seconds))
+    fold = _clip_fold(seed, keyword, index)
+    rng = _rng("clip", seed, keyword, index)
+    pool = _pools()[fold]
+    drawn = pool[int(rng.integers(len(pool)))]
+    voice = voice or drawn
+    babble = _babble_bank(int(seed), _banned_words(vocabulary or [keyword]), int(sample_rate))
+
+    speech, params = _speak(rng, keyword, voice, sample_rate, n)
+    params["fold"] = fold
+
+    mix = _record(rng, speech, n, sample_rate, babble, params)
     return mix.astype(np.float32), params
 
 
 # The dataset ------------------------------------------------------------------------------------------------
 
 
+NOTHING = "_nothing_"
+"""Name of the class of everything that is not a keyword: other words, background noise, silence."""
+
+# words that sound like a keyword and so must not be spoken as "nothing"
+_SOUNDALIKES = {"no": ("know", "nose", "knows"), "right": ("write", "wright", "rite"), "go": ("goes",),
+                "yes": ("yet",), "off": ("of",), "on": ("an",), "stop": ("shop",), "up": ("upper",)}
+
+
+def render_nothing(
+    index: int,
+    *,
+    seed: int = 0,
+    sample_rate: int = 16000,
+    clip_seconds: float = 1.0,
+    vocabulary: Sequence[str] = PAPER_KEYWORDS,
+) -> tuple[np.ndarray, dict]:
+    """Clip ``index`` of the ``_nothing_`` class: with probability 0.6 one or two other words (none of the
+    ``vocabulary``'s words or their sound-alikes) spoken by a voice of the clip's fold, otherwise background noise
+    or a faint noise floor alone; all through the same recording chain as the keywords."""
+    n = int(round(sample_rate * clip_seconds))
+    fold = _clip_fold(seed, NOTHING, index)
+    rng = _rng("nothing", seed, index)
+    pool = _pools()[fold]
+    voice = pool[int(rng.integers(len(pool)))]
+    banned = _banned_words(vocabulary)
+    babble = _babble_bank(int(seed), banned, int(sample_rate))
+    if rng.random() < 0.6:
+        avoid = set(banned) | {w for k in banned for w in _SOUNDALIKES.get(k, ())}
+        words = [w for w in _BABBLE_WORDS if w not in avoid]
+        text = " ".join(rng.choice(words, size=1 + int(rng.random() < 0.3)))
+        speech, params = _speak(rng, text, voice, sample_rate, n)
+        params["kind"] = "speech"
+    else:
+        speech, params = np.zeros(n), {"voice": voice, "text": ""}
+        params["kind"] = "background"
+    params["fold"] = fold
+    mix = _record(rng, speech, n, sample_rate, babble, params)
+    if params["kind"] == "background" and not params["noise"]:
+        params["kind"] = "silence"
+    return mix.astype(np.float32), params
+
+
+
+
 def _render_many(jobs: list[tuple[str, int]], recipe: "_Recipe") -> list[tuple[np.ndarray, str]]:
     out = []
     for keyword, index in jobs:
-        y, params = render_clip(
-            keyword, index, seed=recipe.seed, sample_rate=recipe.sample_rate, clip_seconds=recipe.clip_seconds,
+        render = render_nothing if keyword == NOTHING else functools.partial(render_clip, keyword)
+        y, params = render(
+            index, seed=recipe.seed, sample_rate=recipe.sample_rate, clip_seconds=recipe.clip_seconds,
             vocabulary=recipe.keywords,
         )
         out.append((_to_int16(y), json.dumps(params, sort_keys=True)))
@@ -537,8 +592,9 @@ def _default_workers() -> int:
     return max(1, min(n, 8))
 
 
-def _generate(recipe: _Recipe, progress: Callable[[int, int], None] | None, workers: int):
-    jobs = [(k, i) for k in recipe.keywords for i in range(recipe.per_class)]
+def _generate(recipe: _Recipe, progress: Callable[[int, int], None] | None, workers: int,
+              jobs: list[tuple[str, int]] | None = None):
+    jobs = jobs if jobs is not None else [(k, i) for k in recipe.keywords for i in range(recipe.per_class)]
     total = len(jobs)
     n = int(round(recipe.sample_rate * recipe.clip_seconds))
     audio = np.zeros((total, n), dtype=np.int16)
@@ -581,14 +637,32 @@ def _atomic_save(path: Path, **arrays: np.ndarray) -> None:
                     np.lib.format.write_array(member, np.asarray(arr), allow_pickle=False)
 
 
-def _load(path: Path, recipe: _Recipe):
+def _load(path: Path, key: str):
     try:
         with np.load(path, allow_pickle=False) as z:
-            if str(z["recipe"]) != recipe.key():
+            if str(z["recipe"]) != key:
                 return None
             return z["audio"], z["labels"], z["groups"], z["folds"], z["params"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
+
+
+def _cached_part(path: Path, key: str, recipe: _Recipe, jobs: list[tuple[str, int]],
+                 progress: Callable[[int, int], None] | None, workers: int, cache: bool):
+    """``(audio, labels, groups, folds, params, from_cache)`` of ``jobs``, from the cache file when its key matches."""
+    loaded = _load(path, key) if cache and path.exists() else None
+    if loaded is not None:
+        return (*loaded, True)
+    audio, params_list = _generate(recipe, progress, workers, jobs)
+    labels = np.array([recipe.keywords.index(k) if k in recipe.keywords else len(recipe.keywords) for k, _ in jobs],
+                      dtype=np.int64)
+    decoded = [json.loads(p) for p in params_list]
+    groups = np.array([p["voice"] for p in decoded], dtype=str)
+    folds = np.array([p["fold"] for p in decoded], dtype=str)
+    params = np.array(params_list, dtype=str)
+    if cache:
+        _atomic_save(path, audio=audio, labels=labels, groups=groups, folds=folds, params=params, recipe=np.array(key))
+    return audio, labels, groups, folds, params, False
 
 
 def synthetic_keywords(
@@ -602,6 +676,7 @@ def synthetic_keywords(
     progress: Callable[[int, int], None] | None = None,
     cache: bool = True,
     workers: int | None = None,
+    nothing: int = 0,
 ) -> ClipDataset:
     """Synthetic spoken keywords, ``per_class`` clips of each, as a :class:`ClipDataset`.
 
@@ -615,6 +690,8 @@ def synthetic_keywords(
         cache: read and write the cache; ``False`` always generates and writes nothing.
         workers: processes for generation (default: the usable CPU cores, at most 8). The result is the same for
             any number.
+        nothing: clips of a last class ``_nothing_`` (:func:`render_nothing`: other words, noise, silence), which a
+            detector never reports; 0 leaves it out. The keyword clips are the same either way.
 
     Returns:
         A dataset whose ``groups`` are voices (``"en-gb-scotland+f3"``) and ``folds`` ``"train"/"val"/"test"``
@@ -633,6 +710,10 @@ def synthetic_keywords(
         raise ValueError("sample_rate must be at least 8000")
     if clip_seconds <= 0.2:
         raise ValueError("clip_seconds must exceed 0.2")
+    if nothing < 0:
+        raise ValueError("nothing must be >= 0")
+    if NOTHING in keywords:
+        raise ValueError(f"{NOTHING} is the name of the non-keyword class; it cannot be a keyword")
     from edgekws import tts
 
     recipe = _Recipe(
@@ -645,26 +726,22 @@ def synthetic_keywords(
         espeak=tts.version(),
         voices=_seed_int(*voice_pool()) % (1 << 32),
     )
-    path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    path = path / f"synthetic-{recipe.digest()}.npz"
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path = root / f"synthetic-{recipe.digest()}.npz"
     t0 = time.perf_counter()
-    loaded = _load(path, recipe) if cache and path.exists() else None
-    if loaded is not None:
-        audio, labels, groups, folds, params = loaded
-        from_cache = True
-    else:
-        audio, params_list = _generate(recipe, progress, workers if workers is not None else _default_workers())
-        labels = np.repeat(np.arange(len(keywords), dtype=np.int64), per_class)
-        decoded = [json.loads(p) for p in params_list]
-        groups = np.array([p["voice"] for p in decoded], dtype=str)
-        folds = np.array([p["fold"] for p in decoded], dtype=str)
-        params = np.array(params_list, dtype=str)
-        from_cache = False
-        if cache:
-            _atomic_save(
-                path, audio=audio, labels=labels, groups=groups, folds=folds, params=params,
-                recipe=np.array(recipe.key()),
-            )
+    workers = workers if workers is not None else _default_workers()
+    jobs = [(k, i) for k in keywords for i in range(per_class)]
+    audio, labels, groups, folds, params, from_cache = _cached_part(path, recipe.key(), recipe, jobs, progress, workers,
+                                                                    cache)
+    key = recipe.key()
+    if nothing:
+        key = f"{key}|{NOTHING}={int(nothing)}"
+        npath = root / f"synthetic-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
+        more = _cached_part(npath, key, recipe, [(NOTHING, i) for i in range(nothing)], progress, workers, cache)
+        audio, groups, folds, params = (np.concatenate([a, b]) for a, b in zip((audio, groups, folds, params),
+                                                                               (more[0], *more[2:5])))
+        labels = np.concatenate([labels, np.full(nothing, len(keywords), np.int64)])
+        from_cache = from_cache and more[5]
     elapsed = time.perf_counter() - t0
 
     scale = np.float32(1.0 / 32767.0)
@@ -673,9 +750,10 @@ def synthetic_keywords(
         return audio[i].astype(np.float32) * scale
 
     source_ids = [f"synthetic/v{RECIPE_VERSION}/seed{seed}/{k}/{i:05d}" for k in keywords for i in range(per_class)]
+    source_ids += [f"synthetic/v{RECIPE_VERSION}/seed{seed}/{NOTHING}/{i:05d}" for i in range(nothing)]
     return ClipDataset(
         name="synthetic",
-        class_names=keywords,
+        class_names=keywords + ((NOTHING,) if nothing else ()),
         labels=labels,
         groups=groups,
         folds=folds,
@@ -683,7 +761,7 @@ def synthetic_keywords(
         clip_seconds=float(clip_seconds),
         loader=loader,
         source_ids=source_ids,
-        content_key=recipe.key(),
+        content_key=key,
         meta={
             "recipe": json.loads(recipe.key()),
             "cache_path": str(path) if cache else None,
