@@ -61,6 +61,10 @@ class AugmentConfig:
     time_masks: int = 2
     time_mask_width: int = 6
     mixup: float = 0.0  # Beta(a, a) mixing of pairs of inputs and of their targets (0: off)
+    # feature-domain steps (the only ones a coreset of features can take besides SpecAugment and mixup):
+    frame_shift: int = 0  # roll each feature map by up to this many frames, zero-filling what enters
+    feature_noise: float = 0.0  # add N(0, s^2) to the normalised features
+    cutmix: float = 0.0  # probability that a batch splices a random time span from another clip of the batch
 
 
 @dataclass
@@ -71,8 +75,9 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 5e-4
-    schedule: str = "onecycle"  # "onecycle" | "cosine" | "constant"
-    loss: str = "ce"  # "ce" | "mse"
+    schedule: str = "onecycle"  # "onecycle" | "cosine" | "constant" | "plateau" (x0.3 when val stalls)
+    loss: str = "ce"  # "ce" | "mse" (with a teacher the loss is always distillation from it)
+    kd_temperature: float = 1.0  # softmax temperature of teacher and student in the distillation loss
     label_smoothing: float = 0.05
     patience: int = 0  # early stop after this many epochs without val improvement (0: off)
     min_steps_per_epoch: int = 0  # small sets (coresets) repeat data so an epoch has at least this many steps
@@ -181,6 +186,36 @@ def _spec_augment(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator) -> 
     return x
 
 
+def _shift_frames(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Shift each (H, W) map of a (B, H, W) batch by its own whole number of frames in [-max_shift, max_shift]."""
+    b, h, w = x.shape
+    shifts = torch.randint(-max_shift, max_shift + 1, (b,), generator=gen)
+    src = torch.arange(w).unsqueeze(0) - shifts.unsqueeze(1)  # (B, W): which input frame lands at each output frame
+    valid = ((src >= 0) & (src < w)).to(x.dtype).unsqueeze(1)
+    return torch.gather(x, 2, src.clamp(0, w - 1).unsqueeze(1).expand(b, h, w)) * valid
+
+
+def _cutmix_frames(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Replace one random span of frames (1/4 to 1/2 of the clip) of every clip by the same span of a partner.
+
+    Returns the mixed batch, the partner of each row and the share of frames each row kept.
+    """
+    b, _, w = x.shape
+    perm = torch.randperm(b, generator=gen)
+    width = int(torch.randint(max(1, w // 4), max(2, w // 2 + 1), (1,), generator=gen))
+    start = int(torch.randint(0, w - width + 1, (1,), generator=gen))
+    out = x.clone()
+    out[:, :, start : start + width] = x[perm, :, start : start + width]
+    return out, perm, 1.0 - width / w
+
+
+def _kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton distillation: T^2 * KL(softmax(teacher / T) || softmax(student / T)), mean over the batch."""
+    t = float(temperature)
+    target = F.softmax(teacher_logits.float() / t, dim=1)
+    return F.kl_div(F.log_softmax(logits.float() / t, dim=1), target, reduction="batchmean") * (t * t)
+
+
 def _targets(y: np.ndarray, n_classes: int) -> tuple[np.ndarray, bool]:
     y = np.asarray(y)
     if y.ndim == 1:
@@ -190,6 +225,24 @@ def _targets(y: np.ndarray, n_classes: int) -> tuple[np.ndarray, bool]:
     if y.ndim != 2 or y.shape[1] != n_classes:
         raise ValueError(f"soft targets must be (N, {n_classes}), got {y.shape}")
     return y.astype(np.float32), True
+
+
+def _mixed_loss(logits: torch.Tensor, target: torch.Tensor, mixes: list[tuple[torch.Tensor, float]], soft: bool,
+                cfg: TrainConfig) -> torch.Tensor:
+    """The loss against targets mixed like the inputs were (cutmix, then mixup), for hard and soft labels."""
+    if not mixes:
+        return _loss(logits, target, soft, cfg)
+    c = logits.shape[1]
+    t = target.float() if soft else F.one_hot(target, c).float()
+    if cfg.loss == "ce" and not soft and cfg.label_smoothing > 0:
+        t = t * (1.0 - cfg.label_smoothing) + cfg.label_smoothing / c
+    for perm, keep in mixes:
+        t = keep * t + (1.0 - keep) * t[perm.to(t.device)]
+    if cfg.loss == "mse":
+        return F.mse_loss(logits, t, reduction="sum") / logits.shape[0]
+    if cfg.loss == "ce":
+        return -(t * F.log_softmax(logits, dim=1)).sum(1).mean()
+    raise ValueError(f"unknown loss {cfg.loss!r}; use 'ce' or 'mse'")
 
 
 def _loss(logits: torch.Tensor, target: torch.Tensor, soft: bool, cfg: TrainConfig) -> torch.Tensor:
@@ -290,7 +343,30 @@ def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoc
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.LambdaLR(opt, _PlateauFactor())
     raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+
+class _PlateauFactor:
+    """Learning-rate factor of the "plateau" schedule: cut by ``PLATEAU_CUT`` whenever validation stalls.
+
+    An object rather than a lambda so that the scheduler's state (and so a resumed run) keeps the factor.
+    """
+
+    def __init__(self) -> None:
+        self.factor = 1.0
+
+    def __call__(self, step: int) -> float:
+        return self.factor
+
+
+PLATEAU_CUT = 0.3
+
+
+def _plateau_wait(cfg: TrainConfig) -> int:
+    """Epochs without a better validation accuracy before the "plateau" schedule cuts the learning rate."""
+    return max(2, cfg.patience // 3) if cfg.patience else 10
 
 
 def train_model(
@@ -306,6 +382,7 @@ def train_model(
     noise: list[np.ndarray] | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    teacher: torch.nn.Module | None = None,
     progress: Progress | None = None,
 ) -> TrainResult:
     """Train ``cfg.model`` and return the weights of the best validation epoch.
@@ -319,6 +396,9 @@ def train_model(
         feature_cfg: fitted FeatureConfig (normalisation statistics included).
         noise: background-noise recordings for mixing (default: :func:`synthetic_noise_bank`).
         checkpoint_dir: write ``last.pt`` every epoch; with ``resume`` continue from it.
+        teacher: a trained net on the same features; when given, every augmented (shifted, masked, mixed) view is
+            labelled by it on the fly and the student learns by distillation at ``cfg.kd_temperature``
+            (``y_train`` then only sizes the set). The teacher stays frozen and in eval mode.
         progress: receives ``{"event": "epoch", ...}`` dicts (and ``"step"`` within epochs).
     """
     if inputs not in ("waveform", "features"):
@@ -340,6 +420,12 @@ def train_model(
     gen = torch.Generator().manual_seed(cfg.seed)
 
     model = create_model(cfg.model, n_classes, feature_cfg.shape, **cfg.model_kwargs).to(device)
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        if not cfg.kd_temperature > 0:
+            raise ValueError("kd_temperature must be positive")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(x_train)
     bs = min(cfg.batch_size, n)
@@ -379,20 +465,31 @@ def train_model(
             else:
                 xb = np.asarray(x_train[idx], dtype=np.float32)
             xt = torch.from_numpy(np.ascontiguousarray(xb))
-            if aug.enabled:
-                xt = _spec_augment(xt, aug, gen)
             yt = torch.from_numpy(y_train[idx]).to(device)
+            mixes: list[tuple[torch.Tensor, float]] = []  # (partner rows, share kept) of each mixing step
+            if aug.enabled:
+                if aug.frame_shift > 0:
+                    xt = _shift_frames(xt, aug.frame_shift, gen)
+                if aug.feature_noise > 0:
+                    xt = xt + aug.feature_noise * torch.randn(xt.shape, generator=gen)
+                if aug.cutmix > 0 and len(idx) > 1 and float(torch.rand(1, generator=gen)) < aug.cutmix:
+                    xt, perm, keep = _cutmix_frames(xt, gen)
+                    mixes.append((perm, keep))
+                xt = _spec_augment(xt, aug, gen)
             xt = xt.to(device)
             if aug.enabled and aug.mixup > 0 and len(idx) > 1:
                 lam = float(rng.beta(aug.mixup, aug.mixup))
-                perm = torch.from_numpy(rng.permutation(len(idx))).to(device)
-                logits = model(lam * xt + (1.0 - lam) * xt[perm])
-                # both losses are linear (CE) or affine up to a constant (MSE) in the target, so mixing the losses
-                # mixes the targets, for hard and soft labels alike
-                loss = lam * _loss(logits, yt, soft, cfg) + (1.0 - lam) * _loss(logits, yt[perm], soft, cfg)
+                perm = torch.from_numpy(rng.permutation(len(idx)))
+                xt = lam * xt + (1.0 - lam) * xt[perm.to(device)]
+                mixes.append((perm, lam))
+            logits = model(xt)
+            if teacher is not None:
+                # the teacher labels exactly the view the student sees, whatever augmentation and mixing made it
+                with torch.no_grad():
+                    t_logits = teacher(xt)
+                loss = _kd_loss(logits, t_logits, cfg.kd_temperature)
             else:
-                logits = model(xt)
-                loss = _loss(logits, yt, soft, cfg)
+                loss = _mixed_loss(logits, yt, mixes, soft, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -411,6 +508,10 @@ def train_model(
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             else:
                 bad_epochs += 1
+                if cfg.schedule == "plateau" and bad_epochs % _plateau_wait(cfg) == 0:
+                    sched.lr_lambdas[0].factor *= PLATEAU_CUT
+                    for group, base in zip(opt.param_groups, sched.base_lrs):
+                        group["lr"] = base * sched.lr_lambdas[0].factor
         history.append(rec)
         if ckpt_path is not None:
             write_train_state(
