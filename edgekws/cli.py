@@ -66,6 +66,7 @@ def _progress(enabled: bool = True) -> Iterator[Any]:
         transient=False,
     ) as prog:
         tasks: dict[str, int] = {}
+        stage = {"train": "train"}  # a "stage" event names the training that the following epochs belong to
 
         def task(name: str, total: int) -> int:
             if name not in tasks:
@@ -76,11 +77,14 @@ def _progress(enabled: bool = True) -> Iterator[Any]:
             kind = ev.get("event")
             if kind in ("decode", "mfcc", "synthesise"):
                 prog.update(task(kind, ev["total"]), completed=ev["done"], total=ev["total"])
+            elif kind == "stage":
+                stage["train"] = f"train {ev['stage']}"
+                prog.console.log(f"{ev['stage']}: {ev.get('detail', '')}")
             elif kind == "epoch":
                 info = f"loss {ev['train_loss']:.3f}"
                 if "val_accuracy" in ev:
                     info += f"  val {100 * ev['val_accuracy']:.1f}%"
-                prog.update(task("train", ev["epochs"]), completed=ev["epoch"] + 1, info=info)
+                prog.update(task(stage["train"], ev["epochs"]), completed=ev["epoch"] + 1, info=info)
             elif kind == "rfad_features":
                 prog.update(task("random features", ev["total"]), completed=ev["done"], total=ev["total"])
             elif kind == "distill":
@@ -175,13 +179,19 @@ def distill(
     data_dir: Optional[Path] = typer.Option(None, help="dataset folder (real datasets)"),
     keywords: Optional[str] = typer.Option(None, help='custom keywords, e.g. "lights on,lights off"'),
     per_class: int = typer.Option(50, min=1, help="coreset samples per class"),
-    steps: int = typer.Option(50, min=0, help="distillation steps (upper bound; early stopping may end sooner)"),
-    n_models: int = typer.Option(4, min=1, help="random nets per step"),
-    pool_size: int = typer.Option(16, min=1, help="random nets whose real-side features are computed once"),
-    width: int = typer.Option(32, min=1, help="channels of the random ConvNets"),
-    lr: float = typer.Option(3e-2, min=0.0, help="Adam learning rate of the coreset (inputs have unit std)"),
+    budget: str = typer.Option("fast", help="fast (<= 10 min on 2 CPU cores) | standard (CPU server) | best (GPU "
+                                           "server): sets the options below unless given"),
+    labels: str = typer.Option("teacher", help="teacher: a net trained on all training clips labels the coreset "
+                                               "and every view trained on it | rfad: RFAD's learned KRR labels"),
+    steps: Optional[int] = typer.Option(None, min=0, help="distillation steps (upper bound; early stopping may end sooner)"),
+    n_models: Optional[int] = typer.Option(None, min=1, help="random nets per step"),
+    pool_size: Optional[int] = typer.Option(None, min=1, help="random nets whose real-side features are computed once"),
+    width: Optional[int] = typer.Option(None, min=1, help="channels of the random ConvNets"),
+    lr: Optional[float] = typer.Option(None, min=0.0, help="Adam learning rate of the coreset (inputs have unit std)"),
     synthetic_per_class: int = typer.Option(300, min=4, help="synthetic clips generated per keyword"),
-    epochs: int = typer.Option(30, min=1, help="epochs of the target model on the coreset"),
+    epochs: Optional[int] = typer.Option(None, min=1, help="most epochs of the target model on the coreset (it stops "
+                                                          "when validation stalls)"),
+    teacher_epochs: Optional[int] = typer.Option(None, min=1, help="epochs of the teacher on all training clips"),
     test_fold: Optional[str] = typer.Option(None, help="test fold for cross-validated datasets"),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
@@ -196,16 +206,24 @@ def distill(
     check_dir: Optional[Path] = typer.Option(None, help="folder of --check-dataset"),
 ) -> None:
     """Distil a dataset (the embedded synthetic keywords by default) into a coreset and train the target's model on it."""
+    from edgekws.server.budgets import get_budget
     from edgekws.server.distributed import init_from_env
+    from edgekws.server.evaluate import coreset_train_config
     from edgekws.server.pipeline import distill_job
-    from edgekws.server.rfad import RFADConfig
-    from edgekws.server.train import AugmentConfig, TrainConfig
+    from edgekws.server.rfad import LABEL_KINDS, RFADConfig
+    from edgekws.server.teacher import distillation_train_config
     from edgekws.targets import get_target
 
     try:
         tgt = get_target(target)
-        rcfg = RFADConfig(per_class=per_class, steps=steps, n_models=n_models, pool_size=max(pool_size, n_models),
-                          width=width, lr=lr, label_lr=lr, seed=seed, device=device, patience=4)
+        b = get_budget(budget)
+        if labels not in LABEL_KINDS:
+            raise ValueError(f"--labels must be one of {', '.join(LABEL_KINDS)}, got {labels!r}")
+        given = {k: v for k, v in {"steps": steps, "n_models": n_models, "pool_size": pool_size, "width": width,
+                                   "lr": lr, "label_lr": lr}.items() if v is not None}
+        r = {**b.rfad, **given}
+        r["pool_size"] = max(r["pool_size"], r["n_models"])
+        rcfg = RFADConfig(per_class=per_class, seed=seed, device=device, **r)
     except ValueError as exc:
         _fail(str(exc))
     out = out or Path("runs") / target
@@ -226,13 +244,17 @@ def distill(
         return
     comm = init_from_env()  # under torchrun: distil together, rank 0 trains and writes
     t0 = time.perf_counter()
-    tcfg = TrainConfig(model=tgt.model, model_kwargs=dict(tgt.model_kwargs), epochs=epochs, loss="mse",
-                       min_steps_per_epoch=12, seed=seed, device=device,
-                       augment=AugmentConfig(time_shift_ms=0.0, gain_db=0.0, noise_prob=0.0))
+    if labels == "teacher":
+        tcfg = distillation_train_config(tgt.model, epochs=epochs or b.student_max_epochs, patience=b.student_patience,
+                                         seed=seed, model_kwargs=dict(tgt.model_kwargs), device=device)
+    else:
+        tcfg = coreset_train_config(tgt.model, loss="mse", epochs=epochs or 30, seed=seed,
+                                    model_kwargs=dict(tgt.model_kwargs), device=device)
     with _progress(enabled=comm.is_main) as on_event:
         ds = _load_dataset(dataset, data_dir, _keywords(keywords), synthetic_per_class, seed, on_event)
         try:
             metrics = distill_job(ds, tgt.features.replace(clip_seconds=ds.clip_seconds), rcfg, tcfg, out,
+                                  labels=labels, teacher_epochs=teacher_epochs or b.teacher_epochs,
                                   test_fold=test_fold, resume=resume, progress=on_event)
         except ValueError as exc:
             _fail(str(exc))
@@ -240,8 +262,12 @@ def distill(
         return
     _print_metrics(metrics)
     c = metrics["coreset"]
-    console.print(f"coreset: {c['size']} samples ({c['per_class']}/class), KRR val accuracy "
+    console.print(f"coreset: {c['size']} samples ({c['per_class']}/class, {c['labels']} labels), KRR val accuracy "
                   f"{100 * (c['krr_val_accuracy_init'] or 0):.1f}% -> {100 * (c['krr_val_accuracy'] or 0):.1f}%")
+    if c.get("net_test"):
+        console.print(f"net trained on the coreset alone: {100 * c['net_test']['accuracy']:.2f}% on the test split "
+                      f"({c['net_epochs_run']} epochs)")
+    console.print(f"shipped: the {metrics['shipped']['net']} net ({metrics['shipped']['why']}); budget {budget}")
     console.print(f"target {tgt.name}: {tgt.model}; wrote {out}/coreset.npz, model.pt, metrics.json in "
                   f"{time.perf_counter() - t0:.0f} s")
     _export_and_sign(out / "model.pt", tgt.name, out / "bundle", coreset=out / "coreset.npz", key=None)

@@ -42,6 +42,8 @@ MODELS: dict[str, ModelFactory] = {
     "resnet18": ResNet18,
     "resnet18-w0.5": functools.partial(ResNet18, width=0.5),
     "resnet18-w0.25": functools.partial(ResNet18, width=0.25),
+    # the small-set configuration: full-resolution stem (no stride, no max-pool) at a quarter of the width
+    "resnet18-small": functools.partial(ResNet18, width=0.25, stem_stride=1, stem_pool=False),
     "dscnn": DSCNN,
     "se-head": SpeechEmbeddingHead,  # over frozen speech-embedding sequences (1, 96, 9), not MFCC
 }

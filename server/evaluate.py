@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgekws.server.data import Prepared
-from edgekws.server.rfad import Coreset, random_real_coreset
+from edgekws.server.rfad import Coreset, coreset_mismatch, random_real_coreset
 from edgekws.server.train import AugmentConfig, TrainConfig, evaluate, train_model
 
 __all__ = ["coreset_train_config", "evaluate_coreset", "mean_std"]
@@ -56,11 +56,9 @@ def evaluate_coreset(
     With ``full_data_epochs > 0`` the same net is also trained on the whole training split (waveform augmentation,
     cross-entropy: the full-data recipe) and ``ratio_to_full_data`` is reported.
     """
-    if tuple(coreset.class_names) != tuple(prepared.class_names):
-        raise ValueError(f"coreset classes {coreset.class_names} differ from the dataset's {prepared.class_names}")
-    if coreset.feature_config != prepared.feature_cfg:
-        raise ValueError("the coreset's FeatureConfig (incl. normalisation statistics) differs from the dataset's: "
-                         "evaluate on the dataset and split it was distilled from")
+    why = coreset_mismatch(coreset, prepared.class_names, prepared.feature_cfg)
+    if why:
+        raise ValueError(f"{why}; evaluate on the dataset and split the coreset was distilled from")
     per_class = int(np.bincount(coreset.hard_labels, minlength=coreset.n_classes).max())
     _, xtr, ytr = prepared.subset("train")
     _, xv, yv = prepared.subset("val")
@@ -72,7 +70,7 @@ def evaluate_coreset(
     for seed in seeds:
         xr, yr = random_real_coreset(xtr, ytr, per_class, seed=seed, n_classes=c)
         cases = {
-            "coreset": (coreset.x, coreset.y, "mse"),
+            "coreset": (coreset.x, coreset.y, "mse" if coreset.labels == "rfad" else "ce"),
             "random_real_mse": (xr, yr, "mse"),
             "random_real_ce": (xr, yr.argmax(1), "ce"),
         }

@@ -52,20 +52,38 @@ __all__ = [
     "krr_predict",
     "kernel_ridge",
     "random_real_coreset",
+    "coreset_mismatch",
     "CORESET_FORMAT",
+    "LABEL_KINDS",
     "CORESET_VERSION",
 ]
 
 Progress = Callable[[dict[str, Any]], None]
 
 CORESET_FORMAT = "edgekws-coreset"
+LABEL_KINDS = ("rfad", "teacher")
 CORESET_VERSION = 1
 CHECKPOINT_FORMAT = "edgekws-rfad-checkpoint"
 CHECKPOINT_VERSION = 1
 _NET_TAG = 0x52464144  # distinguishes net seeds from every other seeded stream
 _EVAL_OFFSET = 1_000_000  # evaluation nets are indexed from here, disjoint from any pool
 _CHUNK_BYTES = 256 * 2**20  # activation memory of one forward chunk without autograd
-_GRAD_CHUNK_BYTES = 1024 * 2**20  # activation memory of one forward chunk kept for backward
+
+
+def _grad_budget() -> int:
+    """Activation memory one autograd forward may keep for backward: a sixth of the machine's RAM, 1-4 GiB.
+
+    Below the budget the coreset goes through the nets once with autograd (cost linear in its size); above it,
+    chunks are recomputed for backward, which costs one more forward pass.
+    """
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 6 * 2**30
+    return int(min(4 * 2**30, max(2**30, ram // 6)))
+
+
+_GRAD_CHUNK_BYTES = _grad_budget()  # activation memory of one forward chunk kept for backward
 
 
 # Configuration ---------------------------------------------------------------------------------------------
@@ -423,6 +441,10 @@ class Coreset:
         source_fingerprint: identity of the source dataset.
         metrics: validation accuracies, timings and history.
         init_labels: ``(M,)`` class each row was initialised from.
+        labels: what ``y`` holds: ``"rfad"`` (learned KRR regression targets; train with ``loss="mse"``) or
+            ``"teacher"`` (probability rows ``softmax(teacher(x) / label_temperature)`` from a net trained on the
+            whole training split; train by distillation).
+        label_temperature: the teacher's fitted temperature (``"teacher"`` labels only).
     """
 
     x: np.ndarray
@@ -433,8 +455,12 @@ class Coreset:
     source_fingerprint: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     init_labels: np.ndarray | None = None
+    labels: str = "rfad"
+    label_temperature: float | None = None
 
     def __post_init__(self) -> None:
+        if self.labels not in LABEL_KINDS:
+            raise ValueError(f"coreset labels must be one of {LABEL_KINDS}, got {self.labels!r}")
         self.x = np.ascontiguousarray(self.x, dtype=np.float32)
         self.y = np.ascontiguousarray(self.y, dtype=np.float32)
         self.class_names = tuple(str(c) for c in self.class_names)
@@ -472,6 +498,8 @@ class Coreset:
             "config": self.config.to_dict(),
             "source_fingerprint": self.source_fingerprint,
             "metrics": self.metrics,
+            "labels": self.labels,
+            "label_temperature": self.label_temperature,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -520,9 +548,39 @@ class Coreset:
                 config=RFADConfig.from_dict(meta["config"]),
                 source_fingerprint=str(meta.get("source_fingerprint", "")),
                 metrics=dict(meta.get("metrics") or {}),
+                labels=str(meta.get("labels", "rfad")),
+                label_temperature=meta.get("label_temperature"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: invalid coreset content ({exc.__class__.__name__}: {exc})") from None
+
+
+def coreset_mismatch(coreset: Coreset, class_names: Sequence[str], feature_config: FeatureConfig) -> str | None:
+    """Why ``coreset`` cannot stand in for a dataset or target with these classes and features (None: it can).
+
+    The message names the mismatch: the input shape, the classes (missing, extra or reordered) or the
+    FeatureConfig fields that differ (normalisation statistics count as one field).
+    """
+    want = tuple(str(c) for c in class_names)
+    have = tuple(coreset.class_names)
+    if have != want:
+        missing, extra = [c for c in want if c not in have], [c for c in have if c not in want]
+        if missing or extra:
+            return (f"coreset classes differ: missing {missing or 'none'}, extra {extra or 'none'} "
+                    f"(coreset {list(have)}, expected {list(want)})")
+        return f"coreset classes are in another order: {list(have)}, expected {list(want)}"
+    shape = tuple(coreset.x.shape[1:])
+    if shape != tuple(feature_config.shape):
+        return f"coreset inputs are {shape} (n_mfcc x frames) but the features give {tuple(feature_config.shape)}"
+    a, b = coreset.feature_config.to_dict(), feature_config.to_dict()
+    stats = ("mean", "std")
+    diff = sorted(k for k in set(a) | set(b) if k not in stats and a.get(k) != b.get(k))
+    if diff:
+        return "coreset feature config differs in " + ", ".join(f"{k} ({a.get(k)!r} vs {b.get(k)!r})" for k in diff)
+    if any(not np.array_equal(np.asarray(a.get(k)), np.asarray(b.get(k))) for k in stats):
+        return ("coreset features were normalised with other statistics (another dataset or split): use the "
+                "dataset and split it was distilled from")
+    return None
 
 
 # Distillation ----------------------------------------------------------------------------------------------
@@ -686,6 +744,7 @@ def distill(
     cfg: RFADConfig = RFADConfig(),
     *,
     source_fingerprint: str = "",
+    real_targets: np.ndarray | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
     progress: Progress | None = None,
@@ -701,6 +760,9 @@ def distill(
         feature_config: the (fitted) FeatureConfig the inputs were computed with; stored in the coreset.
         cfg: distillation settings.
         source_fingerprint: identity of the source dataset, stored in the coreset.
+        real_targets: ``(N, C)`` what KRR on the coreset should predict for each training clip (e.g. a teacher's
+            probabilities); default: the one-hot labels. The coreset's labels start from the targets of the clips
+            it is initialised from.
         checkpoint_path: save the full state here every ``cfg.checkpoint_every`` steps and at the end (atomic
             writes: an interrupted run leaves the last checkpoint valid).
         resume: continue from ``checkpoint_path`` when it exists (same settings and data; ``steps`` and
@@ -720,6 +782,11 @@ def distill(
     y_val = np.asarray(y_val).astype(np.int64)
     class_names = tuple(str(c) for c in class_names)
     _validate_inputs(x_train, y_train, x_val, y_val, class_names, feature_config)
+    if real_targets is not None:
+        real_targets = np.asarray(real_targets, dtype=np.float64)
+        if real_targets.shape != (len(x_train), len(class_names)) or not np.all(np.isfinite(real_targets)):
+            raise ValueError(f"real_targets must be finite ({len(x_train)}, {len(class_names)}), "
+                             f"got {real_targets.shape}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
@@ -728,7 +795,8 @@ def distill(
         progress = None
     n_classes = len(class_names)
     t_start = time.perf_counter()
-    fingerprint = _data_fingerprint(x_train, y_train, x_val, y_val, np.array(class_names))
+    fingerprint = _data_fingerprint(x_train, y_train, x_val, y_val, np.array(class_names),
+                                    *([] if real_targets is None else [real_targets]))
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
     state = _load_checkpoint(ckpt, cfg, fingerprint) if resume and ckpt is not None and ckpt.is_file() else None
 
@@ -737,7 +805,8 @@ def distill(
     offset = 1.0 / n_classes if cfg.label_init == "centered" else 0.0
     if state is None:
         x_c = torch.from_numpy(x_train[init_idx].copy()).to(device)
-        y_c = torch.from_numpy(_onehot(init_labels, n_classes) - offset).to(device)
+        y0 = _onehot(init_labels, n_classes) if real_targets is None else real_targets[init_idx]
+        y_c = torch.from_numpy(np.asarray(y0 - offset, dtype=np.float32)).to(device)
         log_tau = torch.tensor(math.log(cfg.temperature), dtype=torch.float32, device=device)
     else:
         x_c, y_c, log_tau = (state[k].to(device) for k in ("x", "y", "log_tau"))
@@ -796,8 +865,9 @@ def distill(
         val_feats = eval_nets.features_chunked(xv)
         del xt, xv
         feature_seconds += time.perf_counter() - t0
-        onehot = torch.from_numpy(_onehot(y_train, n_classes)).double().to(device) - offset
-        objective = _Objective(cfg, pool, real, slots, onehot, torch.from_numpy(y_train).to(device), comm)
+        targets = _onehot(y_train, n_classes) if real_targets is None else real_targets
+        targets = torch.from_numpy(np.asarray(targets, dtype=np.float64)).to(device) - offset
+        objective = _Objective(cfg, pool, real, slots, targets, torch.from_numpy(y_train).to(device), comm)
         by_class = [np.flatnonzero(y_train == c) for c in range(n_classes)]
         y_val_t = torch.from_numpy(y_val).to(device)
 
