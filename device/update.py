@@ -429,14 +429,13 @@ def _smoke_child(bundle: str, key_b64: str, state: str | None, fmt: str, precisi
     import numpy as np
 
     from edgekws.device.model import DeviceModel, open_bundle
-    from edgekws.features import mfcc
 
     t0 = time.perf_counter()
     info = open_bundle(bundle, base64.b64decode(key_b64))
     fc = info.feature_config
     y = (np.random.default_rng(0).standard_normal(int(fc.sample_rate * fc.clip_seconds)) * 1e-3).astype(np.float32)
-    x = mfcc(y, fc)
-    x = np.asarray(x, np.float32).reshape(1, 1, *fc.shape)
+    # the bundle's own front end (MFCC, or the speech-embedding graphs it carries) makes the model's input
+    x = DeviceModel(info, fmt=fmt, precision=precision, threads=1).clip_inputs(y[None])
     out: dict[str, Any] = {"classes": len(info.classes)}
     runs = [("bundle", None)] + ([("local", Path(state))] if state else [])
     for name, sd in runs:

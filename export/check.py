@@ -40,7 +40,7 @@ def score(logits: np.ndarray, truth: np.ndarray, classes: tuple[str, ...] | list
 
 
 def check_bundle(bundle: str | os.PathLike, dataset: str, data_dir: str | os.PathLike | None, *,
-                 public_key: Any = None, fmt: str | None = None, precision: str | None = None, threads: int = 1,
+                 public_key: Any = None, trust_embedded_key: bool = False, fmt: str | None = None, precision: str | None = None, threads: int = 1,
                  batch: int = 64, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Accuracy of a bundle's graph on every clip of a real labelled dataset, and on its test split.
 
@@ -59,7 +59,7 @@ def check_bundle(bundle: str | os.PathLike, dataset: str, data_dir: str | os.Pat
 
     t0 = time.perf_counter()
     try:
-        info = open_bundle(bundle, public_key)
+        info = open_bundle(bundle, public_key, trust_embedded_key=trust_embedded_key)
         rec = info.manifest.get("recommended") or {}
         fmt = fmt or rec.get("format", "onnx")
         precision = precision or rec.get("precision", "fp32")

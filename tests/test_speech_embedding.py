@@ -273,3 +273,11 @@ def test_check_scores_keyword_clips_and_counts_nothing_as_wrong():
     assert s["accuracy_keywords_only"] == pytest.approx(0.75)  # row 1 -> "no" once nothing is left out
     assert s["predicted_silent_class"] == pytest.approx(0.5)
     assert s["per_class"]["no"] == {"n": 2, "accuracy": 0.5}
+
+
+def test_update_smoke_test_runs_a_speech_embedding_bundle(se_bundle):
+    from edgekws.device.update import smoke_test
+
+    result, pub, _ = se_bundle
+    out = smoke_test(result.bundle, pub, precision="int8")
+    assert out["classes"] == 2 and out["bundle"]["classes"] == 2
