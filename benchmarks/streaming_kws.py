@@ -9,7 +9,9 @@ local fine-tuned versions from the device state folder), a fresh :class:`edgekws
 with the CLI's defaults, fed 20 ms blocks.
 
 Scoring (:func:`score`): a placed word is caught when a detection names it while the detection's time (the end of
-the window that fired) lies in ``[word onset, word offset + tolerance]``; every detection is matched to at most one
+the window that fired) lies in ``[word onset, word offset + tolerance]`` (default tolerance: the detector's window
+plus the span of its posterior smoothing, i.e. the latest time a window holding part of the word can still show in
+the smoothed posterior: 1.4 s for MFCC bundles, 1.74 s for speech-embedding ones); every detection is matched to at most one
 word (and a word to at most one detection); everything else is a false alarm. Classes whose names start with ``_``
 (``_nothing_``, ``_silence_``, ``_unknown_``) never count as detections. Recall and false alarms per hour are
 reported at the default threshold and over a threshold sweep (the curve). The sweep replays the front end's windows
@@ -371,13 +373,20 @@ def _play(det, audio: np.ndarray, sample_rate: int, block_ms: float = 20.0) -> l
     return [Event(d.time, d.keyword, d.score) for d in run_detector(det, src)]
 
 
+def default_tolerance(model, feature_config) -> float:
+    """The detector's window plus the span its posterior smoothing covers (seconds)."""
+    det = _detector(model, feature_config, 0.5)
+    hop_s = det.hop * det.frontend.level_frame_ms / 1000.0
+    return round(det.window_seconds + (det.cfg.smooth - 1) * hop_s, 3)
+
+
 def run_stream(model, feature_config, audio: np.ndarray, threshold: float) -> list[Event]:
     """Play ``audio`` through a fresh detector with ``listen``'s defaults and ``threshold``; return the detections."""
     return _play(_detector(model, feature_config, threshold), audio, feature_config.sample_rate)
 
 
 def evaluate(model, feature_config, streams: Sequence[Stream], thresholds: Sequence[float], *,
-             default_threshold: float = 0.6, tolerance_s: float = 1.5,
+             default_threshold: float = 0.6, tolerance_s: float | None = None,
              progress: Callable[[str], None] | None = None) -> dict:
     """Score ``model`` on ``streams`` at ``default_threshold`` and over ``thresholds``.
 
@@ -388,6 +397,8 @@ def evaluate(model, feature_config, streams: Sequence[Stream], thresholds: Seque
     placements = [p for i, s in enumerate(streams) for p in _shifted(s, _offset(i, streams))]
     total = sum(s.seconds for s in streams)
     sr = feature_config.sample_rate
+    if tolerance_s is None:
+        tolerance_s = default_tolerance(model, feature_config)
     recorded: list[tuple[list, list, object]] = []
     events: list[Event] = []
     t0 = time.perf_counter()
@@ -419,6 +430,7 @@ def evaluate(model, feature_config, streams: Sequence[Stream], thresholds: Seque
             progress(f"threshold {thr:g}: recall {100 * r['recall']:.1f} %, "
                      f"{r['false_alarms_per_hour']:.0f} false alarms/h")
     return {"default": default, "curve": curve, "seconds_audio": total, "seconds_first_pass": seconds_run,
+            "tolerance_s": tolerance_s,
             "classes": list(model.classes), "temperature": float(getattr(model, "temperature", 1.0) or 1.0)}
 
 
@@ -572,7 +584,8 @@ def report(res: dict) -> str:
          f"{a['noise_rms'][0]}–{a['noise_rms'][1]}; clips {a['gap_s'][0]}–{a['gap_s'][1]} s apart at "
          f"{a['snr_db'][0]}–{a['snr_db'][1]} dB SNR. Detector: `edgekws listen` defaults (hop 100 ms, smoothing 5, "
          f"refractory 1 s, gate 10 dB), graph `{res['graph']}`. A word counts as caught when a detection names it "
-         f"between its onset and {a['tolerance_s']} s after its offset."), "",
+         f"between its onset and {res['tolerance_s']} s after its offset (the detector's window plus its smoothing "
+         "span)."), "",
          (f"Machine: {res['machine'].get('cpu')}, {res['machine'].get('usable_cores')} usable cores, one thread; "
          f"load average at start {res['machine'].get('load_average_start')}. Run took {res['wall_s'] / 60:.1f} min."),
          "", f"## At the default threshold ({a['threshold']})", "",
@@ -615,7 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="streams use seeds seed .. seed+streams-1")
     ap.add_argument("--threshold", type=float, default=0.6)
     ap.add_argument("--thresholds", default=",".join(map(str, DEFAULT_THRESHOLDS)))
-    ap.add_argument("--tolerance", dest="tolerance_s", type=float, default=1.5)
+    ap.add_argument("--tolerance", dest="tolerance_s", type=float, default=None,
+                    help="seconds after a word's offset a detection may come (default: window + smoothing span)")
     ap.add_argument("--gap", dest="gap_s", type=float, nargs=2, default=(1.0, 3.0))
     ap.add_argument("--snr", dest="snr_db", type=float, nargs=2, default=(5.0, 20.0))
     ap.add_argument("--noise-rms", type=float, nargs=2, default=(0.002, 0.03))
@@ -683,6 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     png = RESULTS / f"streaming_{name}.png"
     res = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "machine": machine, "graph": f"{base.fmt}/{base.precision}", "keywords": keywords,
+           "tolerance_s": next(iter(results.values()))["tolerance_s"],
            "noise_files": noise_names, "seconds_audio": sum(s.seconds for s in streams),
            "data": {**data_info, "stream_words": sum(len(s.keywords()) for s in streams),
                     "speech_events": sum(len(s.placements) - len(s.keywords()) for s in streams),
