@@ -240,6 +240,8 @@ def open_source(*, wav: str | os.PathLike | None = None, stdin: bool = False, de
     """The source the options describe: ``wav`` > ``stdin`` > microphone."""
     if wav is not None and stdin:
         raise ValueError("choose one of --wav and --stdin")
+    if input_rate is not None and input_rate <= 0:
+        raise ValueError(f"the capture rate must be a positive number of Hz, got {input_rate}")
     if wav is not None:
         return WavSource(wav, sample_rate, block_ms=block_ms, realtime=realtime)
     if stdin:

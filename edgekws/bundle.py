@@ -200,6 +200,8 @@ def load_public_key(source: Any = None) -> Any:
         if not p.is_file():
             raise FileNotFoundError(f"public key not found: {p}")
         data, where = p.read_bytes(), str(p)
+        if b"-----BEGIN" not in data:  # key files are PEM; 32 bytes of some other file are not a key
+            raise ValueError(f"{where}: not a PEM ed25519 public key (no '-----BEGIN' line)")
     if len(data) == 32:
         return ed25519.Ed25519PublicKey.from_public_bytes(data)
     try:

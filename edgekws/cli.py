@@ -11,6 +11,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -36,7 +37,7 @@ console = Console(stderr=True)
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
+    console.print(f"[bold red]error:[/] {escape(str(msg))}")  # escaped: messages hold paths and [extras]
     raise typer.Exit(2)
 
 
@@ -297,7 +298,7 @@ def _export_and_sign(checkpoint: Path, target: str, out: Path, *, coreset: Optio
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         _fail(str(exc))
     for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")
     t = Table(title=f"bundle {out} (target {target})")
     for col in ("graph", "KB", "max |diff| vs torch", "top-1 agreement", "accuracy"):
         t.add_column(col, justify="right")
@@ -365,7 +366,7 @@ def bundle_verify(
     try:
         manifest = verify_bundle(path, public_key, trust_embedded_key=embedded_key)
     except BundleError as exc:
-        console.print(f"[bold red]INVALID:[/] {exc}")
+        console.print(f"[bold red]INVALID:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     describe(manifest, lambda line: typer.echo(line))
     typer.echo(f"OK: {path} is a valid bundle")

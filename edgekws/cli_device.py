@@ -19,7 +19,9 @@ console = Console(stderr=True)
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(msg))}")
     raise typer.Exit(2)
 
 
@@ -47,8 +49,21 @@ _EMBEDDED_HELP = "check integrity against the key inside the manifest (does not 
 def _load_model(bundle: Path, fmt: str | None, precision: str | None, threads: int, state: Path | None,
                 use_local: bool, public_key: Path | None = None, embedded_key: bool = False, calibrate: bool = True):
     """Verify and open a bundle's model (raises DeviceModelError)."""
-    from edgekws.device.model import DeviceModel, open_bundle, state_dir_for
+    from edgekws.device.model import (
+        DeviceModel,
+        DeviceModelError,
+        open_bundle,
+        state_dir_for,
+    )
 
+    if bundle.is_file():
+        import tarfile
+
+        if tarfile.is_tarfile(bundle):
+            raise DeviceModelError(f"{bundle} is a bundle archive; --bundle takes the unpacked folder: install it "
+                                   "with `edgekws device update`, or unpack it (`mkdir B && tar -xf "
+                                   f"{bundle} -C B`, then --bundle B; it is verified when opened)")
+        raise DeviceModelError(f"{bundle} is a file, not a bundle folder (one with manifest.json)")
     info = open_bundle(bundle, public_key, trust_embedded_key=embedded_key)
     rec = info.manifest.get("recommended") or {}
     if fmt is None:
@@ -85,7 +100,7 @@ def listen(
     wav: Path | None = typer.Option(None, "--wav", help="read this audio file instead of the microphone"),
     stdin: bool = typer.Option(False, "--stdin", help="read raw 16-bit PCM from stdin (rate: --rate)"),
     device: str | None = typer.Option(None, "--device", help="input device index or name (microphone)"),
-    rate: int | None = typer.Option(None, "--rate", help="capture rate in Hz (resampled to the model's)"),
+    rate: int | None = typer.Option(None, "--rate", min=1, help="capture rate in Hz (resampled to the model's)"),
     realtime: bool = typer.Option(False, "--realtime/--fast", help="--wav: pace the file in real time"),
     as_json: bool = typer.Option(False, "--json", help="print detections as JSON lines on stdout"),
     fmt: str | None = typer.Option(None, "--format", help="onnx or tflite (default: the bundle's recommendation)"),
@@ -232,7 +247,7 @@ def collect_cmd(
     wav: list[Path] | None = typer.Option(None, "--wav", help="audio file(s) to read instead of recording"),
     seconds: float = typer.Option(30.0, "--seconds", help="microphone: record this long"),
     device: str | None = typer.Option(None, "--device", help="input device index or name"),
-    rate: int | None = typer.Option(None, "--rate", help="capture rate in Hz"),
+    rate: int | None = typer.Option(None, "--rate", min=1, help="capture rate in Hz"),
     k: int = typer.Option(10, "--k", min=0, help="prototypes to request labels for"),
     method: str = typer.Option("kcenter", "--method", help="kcenter | kmedoids | uncertain | hybrid | random"),
     vad: str = typer.Option("energy", "--vad", help="energy or spectral"),

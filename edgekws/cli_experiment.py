@@ -27,7 +27,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(msg))}", highlight=False)
     raise typer.Exit(2)
 
 

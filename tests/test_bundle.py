@@ -274,8 +274,12 @@ def test_keygen_refuses_to_overwrite(tmp_path):
     generate_keypair(tmp_path / "k", overwrite=True)
     assert pub.read_bytes() != before
     (tmp_path / "junk.pem").write_text("not a key")
-    with pytest.raises(ValueError, match="not a PEM or raw 32-byte ed25519 public key"):
+    with pytest.raises(ValueError, match="not a PEM"):
         load_public_key(tmp_path / "junk.pem")
+    (tmp_path / "raw32.pub").write_bytes(load_public_key(pub).public_bytes_raw())  # a key file must be PEM
+    with pytest.raises(ValueError, match="not a PEM"):
+        load_public_key(tmp_path / "raw32.pub")
+    assert load_public_key(load_public_key(pub).public_bytes_raw()) is not None  # raw bytes in memory still work
 
 
 def test_bundle_module_imports_without_torch():
