@@ -281,3 +281,16 @@ def test_update_smoke_test_runs_a_speech_embedding_bundle(se_bundle):
     result, pub, _ = se_bundle
     out = smoke_test(result.bundle, pub, precision="int8")
     assert out["classes"] == 2 and out["bundle"]["classes"] == 2
+
+
+def test_head_training_is_deterministic_for_a_seed():
+    from edgekws.server.speech_head import SpeechHeadConfig, train_speech_head
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((60, 96, 9)).astype(np.float32)
+    y = np.arange(60) % 3
+    cfg = SpeechHeadConfig(epochs=3, augment_copies=0, seed=4)
+    a, b = (train_speech_head(x, y, None, None, 3, cfg).model.state_dict() for _ in range(2))
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    c = train_speech_head(x, y, None, None, 3, SpeechHeadConfig(epochs=3, augment_copies=0, seed=5)).model.state_dict()
+    assert not np.array_equal(a["classifier.weight"].numpy(), c["classifier.weight"].numpy())

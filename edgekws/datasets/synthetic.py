@@ -51,6 +51,7 @@ __all__ = [
     "voice_pool",
     "default_cache_dir",
     "render_clip",
+    "nothing_words",
     "render_nothing",
 ]
 
@@ -527,9 +528,40 @@ def render_clip(
 NOTHING = "_nothing_"
 """Name of the class of everything that is not a keyword: other words, background noise, silence."""
 
-# words that sound like a keyword and so must not be spoken as "nothing"
-_SOUNDALIKES = {"no": ("know", "nose", "knows"), "right": ("write", "wright", "rite"), "go": ("goes",),
-                "yes": ("yet",), "off": ("of",), "on": ("an",), "stop": ("shop",), "up": ("upper",)}
+NOTHING_VERSION = 2
+
+
+def _edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+# homophones and rhymes that spelling does not reveal
+_SOUNDALIKES = {"no": ("know", "though", "so", "go"), "right": ("write", "white", "quite", "bright", "kite"),
+                "go": ("so", "no", "though", "slow", "show", "grow"), "yes": ("guess",), "off": ("of",),
+                "up": ("cup",), "down": ("town", "brown", "sound", "round"), "on": ("an", "one")}
+
+
+def _sounds_like(word: str, keyword: str) -> bool:
+    """A crude test for words a listener could mistake for ``keyword``: a known homophone or rhyme, one edit apart
+    (let/left, yet/yes, now/no), the same first two letters (stay/stop, lift/left), or the same last three
+    (light/right, top/stop)."""
+    if word == keyword or word in _SOUNDALIKES.get(keyword, ()) or _edit_distance(word, keyword) <= 1:
+        return True
+    if len(keyword) >= 2 and word[:2] == keyword[:2]:
+        return True
+    return len(keyword) >= 3 and len(word) >= 3 and word[-3:] == keyword[-3:]
+
+
+def nothing_words(vocabulary: Sequence[str]) -> tuple[str, ...]:
+    """The words ``_nothing_`` clips may say: the babble list minus the keywords' words and their sound-alikes."""
+    banned = _banned_words(vocabulary)
+    return tuple(w for w in _BABBLE_WORDS if not any(_sounds_like(w, k) for k in banned))
 
 
 def render_nothing(
@@ -540,9 +572,10 @@ def render_nothing(
     clip_seconds: float = 1.0,
     vocabulary: Sequence[str] = PAPER_KEYWORDS,
 ) -> tuple[np.ndarray, dict]:
-    """Clip ``index`` of the ``_nothing_`` class: with probability 0.6 one or two other words (none of the
-    ``vocabulary``'s words or their sound-alikes) spoken by a voice of the clip's fold, otherwise background noise
-    or a faint noise floor alone; all through the same recording chain as the keywords."""
+    """Clip ``index`` of the ``_nothing_`` class: with probability 0.6 one or two other words
+    (:func:`nothing_words`: none of the ``vocabulary``'s words or their sound-alikes) spoken by a voice of the clip's
+    fold, otherwise background noise or a faint noise floor alone; all through the same recording chain as the
+    keywords."""
     n = int(round(sample_rate * clip_seconds))
     fold = _clip_fold(seed, NOTHING, index)
     rng = _rng("nothing", seed, index)
@@ -551,8 +584,7 @@ def render_nothing(
     banned = _banned_words(vocabulary)
     babble = _babble_bank(int(seed), banned, int(sample_rate))
     if rng.random() < 0.6:
-        avoid = set(banned) | {w for k in banned for w in _SOUNDALIKES.get(k, ())}
-        words = [w for w in _BABBLE_WORDS if w not in avoid]
+        words = nothing_words(vocabulary)
         text = " ".join(rng.choice(words, size=1 + int(rng.random() < 0.3)))
         speech, params = _speak(rng, text, voice, sample_rate, n)
         params["kind"] = "speech"
@@ -735,7 +767,7 @@ def synthetic_keywords(
                                                                     cache)
     key = recipe.key()
     if nothing:
-        key = f"{key}|{NOTHING}={int(nothing)}"
+        key = f"{key}|{NOTHING}={int(nothing)}|v{NOTHING_VERSION}"
         npath = root / f"synthetic-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
         more = _cached_part(npath, key, recipe, [(NOTHING, i) for i in range(nothing)], progress, workers, cache)
         audio, groups, folds, params = (np.concatenate([a, b]) for a, b in zip((audio, groups, folds, params),
