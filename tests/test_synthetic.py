@@ -239,3 +239,37 @@ def test_breathy_voices_do_not_depend_on_what_was_spoken_before():
         render_clip("yes", i, voice="en-us+caleb")
     again, _ = render_clip("go", 7, voice="en-us+Reed")
     np.testing.assert_array_equal(first, again)
+
+
+# The "_nothing_" class -------------------------------------------------------------------------------------------
+
+
+def test_nothing_words_leave_out_keywords_and_their_sound_alikes():
+    from edgekws.datasets.synthetic import nothing_words
+
+    words = set(nothing_words(PAPER_KEYWORDS))
+    assert not words & set(PAPER_KEYWORDS)
+    assert not words & {"know", "let", "write", "light", "now", "start", "town"}
+    assert {"apple", "water", "morning"} <= words
+    assert "let" in nothing_words(("yes",))  # only the given vocabulary's sound-alikes are left out
+
+
+def test_nothing_class_is_appended_and_keyword_clips_do_not_change():
+    from edgekws.datasets.synthetic import NOTHING, render_nothing
+
+    kw = ("yes", "no")
+    plain = synthetic_keywords(kw, per_class=3, seed=2, cache=False, workers=1)
+    ds = synthetic_keywords(kw, per_class=3, seed=2, cache=False, workers=1, nothing=4)
+    assert ds.class_names == ("yes", "no", NOTHING) and len(ds) == 10
+    assert np.asarray(ds.labels).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+    for i in range(6):
+        np.testing.assert_array_equal(ds.waveform(i), plain.waveform(i))
+    assert ds.fingerprint() != plain.fingerprint()
+    y, params = render_nothing(2, seed=2, vocabulary=kw)
+    y2, _ = render_nothing(2, seed=2, vocabulary=kw)
+    np.testing.assert_array_equal(y, y2)
+    assert y.shape == (16000,) and params["kind"] in ("speech", "background", "silence")
+    kinds = {json.loads(p)["kind"] for p in ds.meta["params"][6:]}
+    assert kinds <= {"speech", "background", "silence"}
+    with pytest.raises(ValueError, match="_nothing_"):
+        synthetic_keywords(("yes", NOTHING), per_class=2, cache=False)
