@@ -8,7 +8,9 @@ Install root layout (``root``, default ``$EDGEKWS_DEVICE_HOME/bundles``)::
     downloads/<id>.tar.part   a download in progress (resumed with a Range request); <id>.json its ETag/sha256
     history.json              what happened, newest last (written atomically)
     refused.json              bundles that failed verification or the smoke test here: not fetched again
+    channels.json             per target/channel, the highest signed channel pointer seen (version, expiry)
     device_id                 this device's name in check-ins (random, made once)
+    device_token              this device's check-in token, from ``edgekws server enrol`` (optional)
     .lock                     held (flock) while an update or rollback runs
 
 Every step before the switch works beside the bundle in use, and the switch is one ``rename`` of a symlink, so a
@@ -19,6 +21,14 @@ with ``Range`` + ``If-Range``) -> check the archive's sha256 against the registr
 file's sha256 against the pinned public key while unpacking into ``versions/<id>`` (nothing is written before the
 check passes) -> carry local fine-tuned heads over when the embedding graph is unchanged -> smoke test (a separate
 process loads the new bundle's graphs and runs one inference, with a timeout) -> switch -> check in.
+
+What the update path protects against: a bundle that was not signed by the pinned key or was altered after
+signing (refused before anything is written); a damaged or truncated download; a bundle for another target; a
+bundle whose graphs do not load (smoke test); a kill at any moment. Rollback: a bundle whose signed ``created_at``
+is older than the bundle in use is not installed unless a person asks (``rollback``, ``allow_downgrade``) or the
+channel's pointer is signed for it. Freeze and replay, once the signer releases with signed channel pointers
+(:mod:`edgekws.channel`): a pointer version lower than one seen before, an expired pointer, and an unsigned answer
+on a channel that was signed before are refused, so a registry that keeps serving stale metadata is noticed.
 
 Local state (labels, clips, fine-tuned heads) lives where :func:`edgekws.device.model.state_dir_for` puts it:
 ``<state_root>/<bundle id>/``. When the new bundle's embedding graph has the same sha256 as the current one's, the
@@ -48,11 +58,19 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from edgekws.bundle import BundleError, load_public_key, unpack_bundle, verify_bundle
-from edgekws.fileio import atomic_open, atomic_write_bytes, atomic_write_json, fsync_dir, sha256_file
+from edgekws.channel import PointerError, decode_pointer, parse_time, verify_pointer
+from edgekws.fileio import (
+    atomic_open,
+    atomic_write_bytes,
+    atomic_write_json,
+    fsync_dir,
+    sha256_file,
+)
 
 __all__ = [
     "CurrentWatcher",
@@ -111,6 +129,9 @@ class UpdateConfig:
     chunk_bytes: int = _CHUNK
     max_bundle_bytes: int = 512 << 20
     retry_refused: bool = False  # try again a bundle that failed verification or its smoke test here before
+    device_token: str | None = None  # check-in token (None: <root>/device_token when present)
+    allow_downgrade: bool = False  # install the channel's bundle even when it was created before the one in use
+    require_signed_channel: bool = False  # refuse channel answers without a signed pointer (freeze detection)
 
     def __post_init__(self) -> None:
         u = urllib.parse.urlsplit(self.server)
@@ -274,6 +295,78 @@ def _manifest(bundle_dir: Path) -> dict:
     return json.loads((bundle_dir / "manifest.json").read_bytes())
 
 
+def _created(manifest_or_release: dict) -> datetime | None:
+    try:
+        return parse_time(manifest_or_release.get("created_at"))
+    except ValueError:
+        return None
+
+
+def _downgrade(new: dict, current_dir: Path | None) -> str | None:
+    """Why installing ``new`` (a manifest or the registry's release) would go back in time, or None."""
+    if current_dir is None:
+        return None
+    cur = _manifest(current_dir)
+    t_new, t_cur = _created(new), _created(cur)
+    if t_cur is None:  # nothing to compare with
+        return None
+    if t_new is None:
+        return f"it has no valid created_at, and the bundle in use {current_dir.name} was created {cur['created_at']}"
+    if t_new < t_cur:
+        return f"it was created {new['created_at']}, before the bundle in use {current_dir.name} ({cur['created_at']})"
+    return None
+
+
+def _channel_key(cfg: UpdateConfig) -> str:
+    return f"{cfg.target}/{cfg.channel}"
+
+
+def _seen_pointers(root: Path) -> dict:
+    p = root / "channels.json"
+    try:
+        items = json.loads(p.read_text()) if p.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        raise UpdateError(f"{p} is unreadable: it records the channel pointers seen; fix or remove it") from None
+    return items if isinstance(items, dict) else {}
+
+
+def _check_pointer(release: dict, cfg: UpdateConfig, root: Path, key: Any) -> dict | None:
+    """Verify the release's signed channel pointer against the pinned key and what this device saw before.
+
+    Returns the pointer (None for an unsigned answer that may be used). Raises :class:`UpdateError` for a
+    pointer that does not verify or names another bundle or channel, a version lower than one seen before
+    (rolled-back or replayed metadata), an expired pointer (a frozen registry), or an unsigned answer where a
+    signed one is expected."""
+    name = _channel_key(cfg)
+    seen = _seen_pointers(root).get(name)
+    if not release.get("pointer"):
+        if seen:
+            raise UpdateError(f"the registry's answer for {name} is not signed, but this device has seen signed "
+                              f"channel pointers for it (version {seen.get('version')}): refusing unsigned metadata")
+        if cfg.require_signed_channel:
+            raise UpdateError(f"the registry's answer for {name} has no signed channel pointer (required here)")
+        return None
+    try:
+        doc = verify_pointer(*decode_pointer(release.get("pointer"), release.get("signature")), key)
+    except PointerError as exc:
+        raise UpdateError(f"the registry's channel pointer for {name} is refused: {exc}") from None
+    if (doc["target"], doc["channel"], doc["bundle"]) != (cfg.target, cfg.channel, release.get("id")):
+        raise UpdateError(f"the signed pointer names {doc['target']}/{doc['channel']} -> {doc['bundle']}, but the "
+                          f"registry answered {name} -> {release.get('id')}: refusing it")
+    if seen and doc["version"] < int(seen.get("version", 0)):
+        raise UpdateError(f"the registry serves pointer version {doc['version']} for {name}, older than version "
+                          f"{seen['version']} seen before: its metadata was rolled back or is being replayed")
+    if parse_time(doc["expires_at"]) <= datetime.now(timezone.utc):
+        raise UpdateError(f"the signed pointer for {name} (version {doc['version']}) expired at {doc['expires_at']}: "
+                          "the registry keeps serving stale metadata (frozen, or the pointer was not re-issued)")
+    if not seen or doc["version"] > int(seen.get("version", 0)):
+        items = _seen_pointers(root)
+        items[name] = {"version": doc["version"], "bundle": doc["bundle"], "expires_at": doc["expires_at"],
+                       "issued_at": doc["issued_at"]}
+        atomic_write_json(root / "channels.json", items)
+    return doc
+
+
 def _identity(bundle_dir: Path) -> str:
     return hashlib.sha256((bundle_dir / "manifest.json").read_bytes()).hexdigest()[:16]
 
@@ -375,7 +468,10 @@ def _download(url: str, dl: Path, release: dict, cfg: UpdateConfig, emit: Progre
                     if not block:
                         break
                     if have + len(block) > size:
-                        raise UpdateError(f"the server sent more than the {size} bytes of {bid}")
+                        fh.close()
+                        part.unlink(missing_ok=True)
+                        meta.unlink(missing_ok=True)
+                        raise UpdateError(f"the server sent more than the {size} bytes of {bid}; discarded")
                     fh.write(block)
                     fh.flush()
                     have += len(block)
@@ -402,7 +498,13 @@ def _checkin(cfg: UpdateConfig, root: Path, bundle: str | None, status: str, det
     url = f"{cfg.server.rstrip('/')}/v1/devices/{urllib.parse.quote(dev, safe='')}/checkin"
     body = json.dumps({"target": cfg.target, "channel": cfg.channel, "bundle": bundle, "status": status,
                        "detail": detail[:1000]}).encode()
-    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    token = cfg.device_token
+    if token is None and (root / "device_token").is_file():
+        token = (root / "device_token").read_text().strip() or None
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=cfg.http_timeout) as resp:
             resp.read()
@@ -427,8 +529,8 @@ def _raw_key_b64(public_key: Any) -> str:
 def _smoke_child(bundle: str, key_b64: str, state: str | None, fmt: str, precision: str) -> dict:
     """Runs in the smoke-test process: open the bundle as ``listen`` would and run one inference."""
     import numpy as np
-
     from edgekws.device.model import DeviceModel, open_bundle
+
 
     t0 = time.perf_counter()
     info = open_bundle(bundle, base64.b64decode(key_b64))
@@ -585,8 +687,18 @@ def update(cfg: UpdateConfig, progress: Progress | None = None) -> UpdateResult:
                               f"({cfg.max_bundle_bytes})")
         if release.get("target") != cfg.target:
             raise UpdateError(f"the registry offered a bundle for target {release.get('target')!r}, not {cfg.target!r}")
+        pointer = _check_pointer(release, cfg, root, key)
         current = _read_pointer(root, "current")
         emit({"event": "check", "bundle": bid, "current": current, "size": release["size"]})
+        # a bundle older than the one in use is installed only when a person asked: --allow-downgrade, or a channel
+        # pointer signed for it (the registry's unsigned word is checked here, the signed manifest after the download)
+        downgrade_ok = cfg.allow_downgrade or (pointer is not None and pointer["bundle"] == bid)
+        why = None if downgrade_ok or current == bid else _downgrade(release, root / "versions" / current
+                                                                     if current else None)
+        if why:
+            raise UpdateError(f"bundle {bid} is older than the one in use: {why}; refusing a downgrade (to go back "
+                              f"on purpose: `edgekws device rollback --to {bid}` if installed, `device update "
+                              "--allow-downgrade`, or a signed channel pointer: `edgekws server promote ID --key K`)")
         if current == bid:
             res = UpdateResult(status="up-to-date", bundle=bid, previous=_read_pointer(root, "previous"),
                                size=release["size"])
@@ -617,6 +729,7 @@ def update(cfg: UpdateConfig, progress: Progress | None = None) -> UpdateResult:
                 unpack_bundle(tar, new_dir, key)  # verifies signature + every sha256 before writing anything
             except BundleError as exc:
                 tar.unlink(missing_ok=True)
+                (root / "downloads" / f"{bid}.json").unlink(missing_ok=True)
                 _refuse(root, bid, f"verification: {exc}")
                 _checkin(cfg, root, bid, "failed", f"verification: {exc}")
                 raise UpdateError(f"bundle {bid} refused: {exc}") from None
@@ -628,6 +741,11 @@ def update(cfg: UpdateConfig, progress: Progress | None = None) -> UpdateResult:
             shutil.rmtree(new_dir, ignore_errors=True)
             raise UpdateError(f"bundle {bid} is not what the registry announced (id {_identity(new_dir)}, "
                               f"target {m.get('target')!r})")
+        why = None if downgrade_ok else _downgrade(m, root / "versions" / current if current else None)
+        if why:  # the registry's release said otherwise: the signed manifest decides
+            shutil.rmtree(new_dir, ignore_errors=True)
+            raise UpdateError(f"bundle {bid} is older than the one in use: {why} (signed manifest); refusing a "
+                              "downgrade")
 
         old_dir = versions / current if current else None
         local, staged = _carry_state(old_dir, new_dir, state_root)

@@ -20,10 +20,15 @@ console = Console(stderr=True)
 _KEY_HELP = "pinned signer public key (PEM file or key folder); default $EDGEKWS_HOME/keys/signing.pub"
 _ROOT_HELP = "install root (versions/, current, previous); default $EDGEKWS_DEVICE_HOME/bundles"
 _STATE_HELP = "device state root (local fine-tuned heads); default $EDGEKWS_DEVICE_HOME"
+_POINTER_KEY_HELP = ("signing key (the bundles' private key, PEM): release with a signed channel pointer, which devices "
+                     "check for rollback, replay and expiry")
+_VALID_DAYS_HELP = "days the signed pointer stays valid; re-issue it (promote the same id again) before then"
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False)
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(msg))}", markup=True, highlight=False)
     raise typer.Exit(2)
 
 
@@ -56,6 +61,9 @@ def serve_cmd(
                                                      "signed by; default $EDGEKWS_HOME/keys/signing.pub"),
     channels: str = typer.Option("stable,beta", "--channels", help="comma-separated channel names"),
     max_mb: float = typer.Option(128.0, "--max-mb", min=0.01, help="largest accepted bundle archive, MiB"),
+    anonymous_checkins: bool = typer.Option(False, "--allow-anonymous-checkins",
+                                            help="accept check-ins from devices that were not enrolled (anyone who "
+                                                 "reaches the server can then report any unenrolled device)"),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level (info logs every request)"),
 ) -> None:
     """Serve the bundle registry: publish (token), list, show, download (ETag/Range), channels, device check-ins."""
@@ -70,8 +78,8 @@ def serve_cmd(
         token, source = resolve_server_token(token_file)
         cfg = RegistryConfig(root=root, tokens=(token,), trusted_keys=tuple(keys),
                              channels=tuple(c.strip() for c in channels.split(",") if c.strip()),
-                             max_bundle_bytes=int(max_mb * (1 << 20)))
-    except (FileNotFoundError, ValueError) as exc:
+                             max_bundle_bytes=int(max_mb * (1 << 20)), anonymous_checkins=anonymous_checkins)
+    except (OSError, ValueError) as exc:
         _fail(str(exc))
 
     def ready(url: str) -> None:
@@ -93,15 +101,43 @@ def promote_cmd(
     channel: str = typer.Option("stable", "--channel"),
     token: Optional[str] = typer.Option(None, "--token", envvar="EDGEKWS_REGISTRY_TOKEN",
                                         help="publish token (default $EDGEKWS_HOME/registry.token)"),
+    key: Optional[Path] = typer.Option(None, "--key", help=_POINTER_KEY_HELP),
+    valid_days: float = typer.Option(30.0, "--valid-days", min=0.001, max=3660, help=_VALID_DAYS_HELP),
 ) -> None:
-    """Point a channel at a stored bundle: promote beta to stable, or roll a channel back (devices follow)."""
+    """Point a channel at a stored bundle: promote beta to stable, or roll a channel back.
+
+    Devices follow a newer bundle; they go back to an older one only when the pointer is signed (--key)."""
     from edgekws.server.registry import RegistryError, set_channel
 
     try:
-        info = set_channel(server, target, channel, bundle_id, token)
+        info = set_channel(server, target, channel, bundle_id, token, pointer_key=key, valid_days=valid_days)
+    except (RegistryError, FileNotFoundError, ValueError, TypeError) as exc:
+        _fail(str(exc))
+    signed = f"; signed pointer valid {valid_days:g} days" if key else ""
+    console.print(f"{target}/{channel} now serves {info['id']} (created {info['created_at']}{signed})")
+
+
+@server_app.command("enrol")
+def enrol_cmd(
+    device_id: str = typer.Argument(..., help="the device's name in check-ins (its --device-id)"),
+    server: str = typer.Option(..., "--server", help="registry URL"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="EDGEKWS_REGISTRY_TOKEN",
+                                        help="publish token (default $EDGEKWS_HOME/registry.token)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Give a device its own check-in token (shown once; enrolling again replaces it)."""
+    from edgekws.server.registry import RegistryError, enrol_device
+
+    try:
+        info = enrol_device(server, device_id, token)
     except RegistryError as exc:
         _fail(str(exc))
-    console.print(f"{target}/{channel} now serves {info['id']} (created {info['created_at']})")
+    if as_json:
+        sys.stdout.write(json.dumps(info) + "\n")
+        return
+    sys.stdout.write(info["token"] + "\n")
+    console.print(f"enrolled {device_id}: on the device, write the token above to <root>/device_token (mode 600) "
+                  f"or pass it with --device-token-file, and update with --device-id {device_id}")
 
 
 @server_app.command("devices")
@@ -129,14 +165,14 @@ def devices_cmd(
 
 
 def publish_bundle(bundle: Path, server: str, channel: str = "stable", token: Optional[str] = None,
-                   target: Optional[str] = None) -> dict:
+                   target: Optional[str] = None, key: Optional[Path] = None, valid_days: float = 30.0) -> dict:
     """Publish and print one line; exits with a clear message on refusal (shared by ``deploy`` and ``distill``)."""
     from edgekws.bundle import BundleError
     from edgekws.server.registry import RegistryError, publish
 
     try:
-        info = publish(bundle, server, channel, token, target=target)
-    except (RegistryError, BundleError, FileNotFoundError, ValueError) as exc:
+        info = publish(bundle, server, channel, token, target=target, pointer_key=key, valid_days=valid_days)
+    except (RegistryError, BundleError, FileNotFoundError, ValueError, TypeError) as exc:
         _fail(str(exc))
     verb = "published" if info.get("created") else "already stored; released"
     console.print(f"{verb} bundle {info['id']} (target {info['target']}, {info['size'] / 1024:.1f} KB, sha256 "
@@ -151,10 +187,12 @@ def deploy(
     token: Optional[str] = typer.Option(None, "--token", envvar="EDGEKWS_REGISTRY_TOKEN",
                                         help="publish token (default $EDGEKWS_HOME/registry.token)"),
     target: Optional[str] = typer.Option(None, "--target", help="refuse unless the bundle is for this target"),
+    key: Optional[Path] = typer.Option(None, "--key", help=_POINTER_KEY_HELP),
+    valid_days: float = typer.Option(30.0, "--valid-days", min=0.001, max=3660, help=_VALID_DAYS_HELP),
     as_json: bool = typer.Option(False, "--json", help="print the registry's answer as JSON"),
 ) -> None:
     """Publish a signed bundle to a registry channel; devices on that target and channel pick it up."""
-    info = publish_bundle(bundle, server, channel, token, target)
+    info = publish_bundle(bundle, server, channel, token, target, key, valid_days)
     if as_json:
         sys.stdout.write(json.dumps(info) + "\n")
 
@@ -197,16 +235,28 @@ def device_update(
     fmt: str = typer.Option("onnx", "--format", help="graphs the smoke test runs: onnx or tflite"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 or int8"),
     no_checkin: bool = typer.Option(False, "--no-checkin", help="do not report to the registry"),
+    device_token_file: Optional[Path] = typer.Option(None, "--device-token-file",
+                                                     help="this device's check-in token (from `edgekws server "
+                                                          "enrol`); default <root>/device_token"),
     retry: bool = typer.Option(False, "--retry", help="try again a bundle that was refused here before"),
+    allow_downgrade: bool = typer.Option(False, "--allow-downgrade",
+                                         help="install the channel's bundle even when it is older than the one in "
+                                              "use (a person's decision; otherwise refused)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Install the newest bundle for this target and channel: resume, verify, smoke-test, switch atomically."""
     from edgekws.device.update import UpdateConfig, UpdateError, update
 
     try:
+        dev_token = None
+        if device_token_file is not None:
+            if not device_token_file.is_file():
+                raise FileNotFoundError(f"device token file not found: {device_token_file}")
+            dev_token = device_token_file.read_text().strip() or None
         cfg = UpdateConfig(server=server, target=target, channel=channel, root=root, public_key=public_key,
                            state_root=state, device_id=device_id, fmt=fmt, precision=precision,
-                           checkin=not no_checkin, retry_refused=retry)
+                           checkin=not no_checkin, retry_refused=retry, device_token=dev_token,
+                           allow_downgrade=allow_downgrade)
         res = update(cfg, _progress_printer(as_json))
     except (UpdateError, ValueError, FileNotFoundError, TypeError) as exc:
         _fail(f"{exc} (the installed bundle stays in use)")

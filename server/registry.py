@@ -20,11 +20,23 @@ HTTP API (JSON unless stated; every refusal is a 4xx with ``{"detail": "<what is
     GET  /v1/targets/{target}/channels/{channel}      the newest release of a channel (what devices poll)
     PUT  /v1/targets/{target}/channels/{channel}      point a channel at a stored bundle (token); body {"bundle": id}
     POST /v1/devices/{device_id}/checkin              a device reports what it runs: {target, channel, bundle, status}
+                                                      (``Authorization: Bearer <device token>``)
+    POST /v1/devices/{device_id}/token                enrol a device: a new device token (token; replaces the old one)
+    DELETE /v1/devices/{device_id}/token              withdraw a device's token (token)
     GET  /v1/devices                                  the last check-in of every device (token)
 
 Channels are per target: publishing bundle B (target ``rpi``) to ``stable`` makes B the newest ``rpi``/``stable``
 release; promoting or rolling a channel back is a ``PUT`` of another stored id. Reads need no token (bundles are
-signed; devices check the signature against their pinned key); writes and the device list do.
+signed; devices check the signature against their pinned key); writes and the device list do. A release may carry
+a signed channel pointer (:mod:`edgekws.channel`: signed by a trusted key, a growing version, an expiry), sent
+with ``PUT`` as ``{"bundle", "pointer", "signature"}`` or with a publish as the headers ``X-Channel-Pointer`` and
+``X-Channel-Pointer-Signature``; once a channel has one, every later release of it needs a newer one.
+
+Check-ins come from enrolled devices, each with its own token (only its sha256 is stored); unenrolled devices may
+check in only when the registry allows anonymous check-ins (``RegistryConfig.anonymous_checkins``), and never
+under the name of an enrolled device. Every request body except a bundle upload is read into memory only up to
+``max_json_bytes`` (413 beyond, before reading the rest, with or without Content-Length); bundle uploads stream to
+disk up to ``max_bundle_bytes``. Refusals never echo the request's content back.
 
 The client side of publishing (:func:`publish`) uses the standard library only.
 """
@@ -50,7 +62,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgekws.bundle import BundleError, load_public_key, pack_bundle, verify_bundle
+from edgekws.bundle import (
+    BundleError,
+    load_private_key,
+    load_public_key,
+    pack_bundle,
+    verify_bundle,
+)
+from edgekws.channel import (
+    DEFAULT_VALID_DAYS,
+    PointerError,
+    decode_pointer,
+    encode_pointer,
+    make_pointer,
+    parse_time,
+    verify_pointer,
+)
 from edgekws.fileio import atomic_open, fsync_dir
 
 __all__ = [
@@ -60,6 +87,7 @@ __all__ = [
     "RegistryServer",
     "create_app",
     "default_token_path",
+    "enrol_device",
     "list_devices",
     "publish",
     "read_token",
@@ -100,7 +128,9 @@ class RegistryConfig:
 
     root: storage folder (created). tokens: bearer tokens allowed to publish, promote and list devices (none:
     those requests are refused with 403). trusted_keys: ed25519 public keys (objects, PEM files, key folders); an
-    upload must be signed by one of them. max_bundle_bytes: largest accepted archive (413 above).
+    upload (and a channel pointer) must be signed by one of them. max_bundle_bytes: largest accepted archive (413
+    above); max_json_bytes: largest body of any other request. anonymous_checkins: accept check-ins from devices
+    that were not enrolled (an enrolled device always needs its token).
     """
 
     root: Path
@@ -109,11 +139,20 @@ class RegistryConfig:
     channels: tuple[str, ...] = DEFAULT_CHANNELS
     max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES
     max_json_bytes: int = 16 * 1024
+    anonymous_checkins: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
         if not self.trusted_keys:
             raise ValueError("a registry needs at least one trusted public key (uploads must be signed by it)")
+        for k in self.trusted_keys:
+            try:
+                load_public_key(k)
+            except (OSError, ValueError, TypeError) as exc:
+                first = (str(exc).strip().splitlines() or [""])[0]
+                raise ValueError(f"trusted key {k}: {first}") from None
+        if self.max_json_bytes < 256:
+            raise ValueError("max_json_bytes must be at least 256")
         for ch in self.channels:
             if not NAME_RE.match(ch):
                 raise ValueError(f"channel name {ch!r} must match {NAME_RE.pattern}")
@@ -158,7 +197,19 @@ CREATE TABLE IF NOT EXISTS checkins (
     peer TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS checkins_dev ON checkins(device_id, seq);
+CREATE TABLE IF NOT EXISTS device_tokens (
+    device_id TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL,
+    enrolled_at TEXT NOT NULL
+);
 """
+# columns added after the first release of the schema: (table, column, declaration)
+_ADDED_COLUMNS = (
+    ("releases", "pointer", "BLOB"),
+    ("releases", "pointer_sig", "BLOB"),
+    ("releases", "pointer_version", "INTEGER"),
+    ("checkins", "enrolled", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 
 class _Store:
@@ -177,6 +228,9 @@ class _Store:
         with self.connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
+            for table, column, decl in _ADDED_COLUMNS:
+                if column not in {r["name"] for r in con.execute(f"PRAGMA table_info({table})")}:
+                    con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
@@ -206,6 +260,12 @@ class _Store:
     def latest(self, con: sqlite3.Connection, target: str, channel: str) -> sqlite3.Row | None:
         return con.execute("SELECT * FROM releases WHERE target = ? AND channel = ? ORDER BY seq DESC LIMIT 1",
                            (target, channel)).fetchone()
+
+    def pointer_version(self, con: sqlite3.Connection, target: str, channel: str) -> int | None:
+        """The highest signed-pointer version released on a channel (None: never signed)."""
+        row = con.execute("SELECT MAX(pointer_version) AS v FROM releases WHERE target = ? AND channel = ?",
+                          (target, channel)).fetchone()
+        return None if row is None or row["v"] is None else int(row["v"])
 
 
 def _describe(store: _Store, con: sqlite3.Connection, row: sqlite3.Row, *, with_manifest: bool = False) -> dict:
@@ -300,12 +360,74 @@ def _file_chunks(fh: Any, start: int, length: int) -> Iterator[bytes]:
         fh.close()
 
 
+# Bounded request bodies ------------------------------------------------------------------------------------------
+
+
+def _safe_text(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters and encodable as UTF-8 (lone surrogates become escapes)."""
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class _BoundedBody:
+    """ASGI wrapper: every request body except a bundle upload is read into memory up to ``limit`` bytes before the
+    application sees it, whether or not it declares a Content-Length; a larger one gets a 413 at once, so the server
+    never holds more than ``limit`` bytes of it (the rest is never read). Bundle uploads (``POST /v1/bundles``)
+    stream to disk under their own limit."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or (scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/bundles"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(send, 400 if not declared.isdigit() else 413, declared)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                await self._refuse(send, 413, None)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Any, status: int, declared: bytes | None) -> None:
+        if status == 400:
+            detail = "invalid Content-Length header"
+        else:
+            size = f"of {int(declared)} bytes " if declared is not None else ""
+            detail = f"request body {size}exceeds this registry's limit of {self.limit} bytes"
+        raw = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": raw, "more_body": False})
+
+
 # The application ---------------------------------------------------------------------------------------------
 
 
 def create_app(cfg: RegistryConfig) -> Any:
     """The FastAPI application serving ``cfg.root``."""
     from fastapi import Body, FastAPI, HTTPException, Query, Request, Response
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from pydantic import BaseModel, ConfigDict, Field
     from starlette.concurrency import run_in_threadpool
@@ -316,6 +438,7 @@ def create_app(cfg: RegistryConfig) -> Any:
     app = FastAPI(title="edgekws bundle registry", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.config = cfg
     app.state.store = store
+    app.add_middleware(_BoundedBody, limit=cfg.max_json_bytes)
 
     def bad(status: int, detail: str, headers: dict[str, str] | None = None) -> HTTPException:
         return HTTPException(status_code=status, detail=detail, headers=headers)
@@ -350,9 +473,82 @@ def create_app(cfg: RegistryConfig) -> Any:
             raise bad(400, f"invalid bundle id {value!r}: 16 lower-case hex digits")
         return value
 
+    def bearer(request: Request) -> str | None:
+        auth = request.headers.get("authorization")
+        if not auth:
+            return None
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise bad(401, "malformed Authorization header: expected 'Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+        return token.strip()
+
+    def require_device(request: Request, device_id: str) -> bool:
+        """Check a check-in's device token; True for an enrolled device, False for an allowed anonymous one."""
+        token = bearer(request)
+        with store.connect() as con:
+            row = con.execute("SELECT token_sha256 FROM device_tokens WHERE device_id = ?", (device_id,)).fetchone()
+        if row is None:
+            if token is None and cfg.anonymous_checkins:
+                return False
+            if token is not None:
+                raise bad(403, f"device {device_id} is not enrolled here: its token is not valid")
+            raise bad(401, f"device {device_id} is not enrolled: check-ins need a device token (the registry's "
+                           f"operator runs `edgekws server enrol {device_id}`)", {"WWW-Authenticate": "Bearer"})
+        if token is None:
+            raise bad(401, f"device {device_id} is enrolled: send its device token", {"WWW-Authenticate": "Bearer"})
+        given = hashlib.sha256(token.encode("utf-8", "backslashreplace")).hexdigest()
+        if not hmac.compare_digest(given, row["token_sha256"]):
+            raise bad(403, f"invalid device token for {device_id}", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return True
+
+    def check_pointer(con: sqlite3.Connection, target: str, channel: str, bundle_id: str, pointer: str | None,
+                      signature: str | None) -> tuple[bytes, bytes, int] | None:
+        """Verify a signed channel pointer for a new release; None when none is given (and none is needed)."""
+        last = store.pointer_version(con, target, channel)
+        if pointer is None and signature is None:
+            if last is not None:
+                raise bad(409, f"releases of {target}/{channel} carry signed channel pointers (version {last}): "
+                               "sign this one too")
+            return None
+        try:
+            data, sig = decode_pointer(pointer, signature)
+            doc, why = None, "no trusted key"
+            for key in keys:
+                try:
+                    doc = verify_pointer(data, sig, key)
+                    break
+                except PointerError as exc:
+                    why = str(exc)
+                    if "signature" not in why:
+                        break
+            if doc is None:
+                raise PointerError(why)
+        except PointerError as exc:
+            raise bad(422, f"channel pointer refused: {exc}") from None
+        named = (doc["target"], doc["channel"], doc["bundle"])
+        if named != (target, channel, bundle_id):
+            raise bad(409, f"the signed pointer names {'/'.join(named[:2])} -> {named[2]}, not "
+                           f"{target}/{channel} -> {bundle_id}")
+        if parse_time(doc["expires_at"]) <= datetime.now(timezone.utc):
+            raise bad(422, f"the signed pointer expired at {doc['expires_at']}")
+        if last is not None and doc["version"] <= last:
+            raise bad(409, f"pointer version {doc['version']} is not newer than version {last} of {target}/{channel}")
+        return data, sig, int(doc["version"])
+
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:  # noqa: ARG001
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        detail = _safe_text(exc.detail, 2000) if isinstance(exc.detail, str) else exc.detail
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:  # noqa: ARG001
+        # where and what, never the input itself (it may be large, or not encodable)
+        parts = []
+        for err in exc.errors()[:5]:
+            loc = ".".join(_safe_text(str(p), 40) for p in err.get("loc", ()) if p != "body")
+            msg = _safe_text(str(err.get("msg", "invalid")), 160)
+            parts.append(f"{loc}: {msg}" if loc else msg)
+        return JSONResponse({"detail": "invalid request: " + "; ".join(parts)}, status_code=422)
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -449,6 +645,7 @@ def create_app(cfg: RegistryConfig) -> Any:
     @app.post("/v1/bundles", status_code=201)
     async def publish_bundle(request: Request, channel: str = Query(...), target: str | None = None) -> Response:
         require_token(request)
+        pointer = (request.headers.get("x-channel-pointer"), request.headers.get("x-channel-pointer-signature"))
         check_channel(channel)
         if target is not None:
             check_name("target", target)
@@ -482,13 +679,14 @@ def create_app(cfg: RegistryConfig) -> Any:
                 raise bad(400, "empty upload: send the bundle .tar as the request body")
             if declared is not None and int(declared) != n:
                 raise bad(400, f"upload has {n} bytes, Content-Length said {declared}")
-            result = await run_in_threadpool(_accept, tmp, h.hexdigest(), n, channel, target)
+            result = await run_in_threadpool(_accept, tmp, h.hexdigest(), n, channel, target, pointer)
         finally:
             tmp.unlink(missing_ok=True)
         status, body = result
         return JSONResponse(body, status_code=status)
 
-    def _accept(tmp: Path, digest: str, size: int, channel: str, target: str | None) -> tuple[int, dict]:
+    def _accept(tmp: Path, digest: str, size: int, channel: str, target: str | None,
+                pointer: tuple[str | None, str | None]) -> tuple[int, dict]:
         try:
             manifest = _verify_upload(tmp, keys)
         except BundleError as exc:
@@ -503,6 +701,7 @@ def create_app(cfg: RegistryConfig) -> Any:
         now = _now()
         with store.connect() as con:
             con.execute("BEGIN IMMEDIATE")
+            signed = check_pointer(con, manifest.target, channel, bundle_id, *pointer)
             row = store.bundle_row(con, bundle_id)
             created = row is None or not dest.is_file()
             if created:
@@ -512,9 +711,10 @@ def create_app(cfg: RegistryConfig) -> Any:
                             (bundle_id, manifest.target, str(manifest.get("created_at", "")), now, size, digest,
                              manifest.key_id, raw))
             last = store.latest(con, manifest.target, channel)
-            if last is None or last["bundle_id"] != bundle_id:
-                con.execute("INSERT INTO releases (target, channel, bundle_id, at, how) VALUES (?, ?, ?, ?, ?)",
-                            (manifest.target, channel, bundle_id, now, "publish"))
+            if last is None or last["bundle_id"] != bundle_id or signed is not None:
+                con.execute("INSERT INTO releases (target, channel, bundle_id, at, how, pointer, pointer_sig, "
+                            "pointer_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (manifest.target, channel, bundle_id, now, "publish", *(signed or (None, None, None))))
             body = _describe(store, con, store.bundle_row(con, bundle_id))
         body["created"] = created
         return (201 if created else 200), body
@@ -529,11 +729,15 @@ def create_app(cfg: RegistryConfig) -> Any:
                 raise bad(404, f"nothing published for target {target!r} on channel {channel!r}")
             body = _describe(store, con, store.bundle_row(con, rel["bundle_id"]))
         body.update(channel=channel, released_at=rel["at"], release=rel["seq"])
+        if rel["pointer"] is not None:
+            body.update(encode_pointer(bytes(rel["pointer"]), bytes(rel["pointer_sig"])))
         return body
 
     class Promote(BaseModel):
         model_config = ConfigDict(extra="forbid")
         bundle: str = Field(pattern=ID_RE.pattern)
+        pointer: str | None = Field(default=None, max_length=4096)
+        signature: str | None = Field(default=None, max_length=200)
 
     @app.put("/v1/targets/{target}/channels/{channel}")
     def channel_set(target: str, channel: str, request: Request, body: Promote = Body(...)) -> dict:
@@ -546,8 +750,10 @@ def create_app(cfg: RegistryConfig) -> Any:
                 raise bad(404, f"no bundle {body.bundle}")
             if row["target"] != target:
                 raise bad(409, f"bundle {body.bundle} is for target {row['target']!r}, not {target!r}")
-            con.execute("INSERT INTO releases (target, channel, bundle_id, at, how) VALUES (?, ?, ?, ?, ?)",
-                        (target, channel, body.bundle, _now(), "set"))
+            signed = check_pointer(con, target, channel, body.bundle, body.pointer, body.signature)
+            con.execute("INSERT INTO releases (target, channel, bundle_id, at, how, pointer, pointer_sig, "
+                        "pointer_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (target, channel, body.bundle, _now(), "set", *(signed or (None, None, None))))
             out = _describe(store, con, row)
         out["channel"] = channel
         return out
@@ -560,23 +766,51 @@ def create_app(cfg: RegistryConfig) -> Any:
         status: str = Field(pattern="^(" + "|".join(CHECKIN_STATUSES) + ")$")
         detail: str = Field(default="", max_length=1000)
 
-    @app.post("/v1/devices/{device_id}/checkin", status_code=201)
-    def checkin(device_id: str, request: Request, body: Checkin = Body(...)) -> dict:
+    def check_device_id(device_id: str) -> str:
         if not DEVICE_RE.match(device_id):
             raise bad(400, f"invalid device id {device_id!r}: letters, digits, '.', '_' and '-', at most 64")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > cfg.max_json_bytes:
-            raise bad(413, "check-in body too large")
+        return device_id
+
+    @app.post("/v1/devices/{device_id}/checkin", status_code=201)
+    def checkin(device_id: str, request: Request, body: Checkin = Body(...)) -> dict:
+        check_device_id(device_id)
+        enrolled = require_device(request, device_id)
+        try:
+            body.detail.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad(422, "invalid request: detail: not valid Unicode text (lone surrogate)") from None
         check_channel(body.channel)
         with store.connect() as con:
             if body.bundle is not None and store.bundle_row(con, body.bundle) is None and body.status != "failed":
                 raise bad(404, f"no bundle {body.bundle} in this registry")
             at = _now()
             peer = request.client.host if request.client else ""
-            con.execute("INSERT INTO checkins (device_id, target, channel, bundle_id, status, detail, at, peer) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (device_id, body.target, body.channel, body.bundle, body.status, body.detail, at, peer))
-        return {"device_id": device_id, "recorded_at": at}
+            con.execute("INSERT INTO checkins (device_id, target, channel, bundle_id, status, detail, at, peer, "
+                        "enrolled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (device_id, body.target, body.channel, body.bundle, body.status, body.detail, at, peer,
+                         int(enrolled)))
+        return {"device_id": device_id, "recorded_at": at, "enrolled": enrolled}
+
+    @app.post("/v1/devices/{device_id}/token", status_code=201)
+    def enrol(device_id: str, request: Request) -> dict:
+        require_token(request)
+        check_device_id(device_id)
+        token = secrets.token_urlsafe(32)
+        at = _now()
+        with store.connect() as con:
+            con.execute("INSERT OR REPLACE INTO device_tokens (device_id, token_sha256, enrolled_at) VALUES (?, ?, ?)",
+                        (device_id, hashlib.sha256(token.encode()).hexdigest(), at))
+        return {"device_id": device_id, "token": token, "enrolled_at": at}
+
+    @app.delete("/v1/devices/{device_id}/token")
+    def withdraw(device_id: str, request: Request) -> dict:
+        require_token(request)
+        check_device_id(device_id)
+        with store.connect() as con:
+            gone = con.execute("DELETE FROM device_tokens WHERE device_id = ?", (device_id,)).rowcount
+        if not gone:
+            raise bad(404, f"device {device_id} is not enrolled")
+        return {"device_id": device_id, "enrolled": False}
 
     @app.get("/v1/devices")
     def devices(request: Request) -> dict:
@@ -586,7 +820,8 @@ def create_app(cfg: RegistryConfig) -> Any:
                 "SELECT c.* FROM checkins c JOIN (SELECT device_id, MAX(seq) AS seq FROM checkins GROUP BY device_id) m "
                 "ON c.seq = m.seq ORDER BY c.device_id").fetchall()
         return {"devices": [{"device_id": r["device_id"], "target": r["target"], "channel": r["channel"],
-                             "bundle": r["bundle_id"], "status": r["status"], "detail": r["detail"], "at": r["at"]}
+                             "bundle": r["bundle_id"], "status": r["status"], "detail": r["detail"], "at": r["at"],
+                             "enrolled": bool(r["enrolled"])}
                             for r in rows]}
 
     return app
@@ -783,12 +1018,51 @@ def _post_file(url: str, path: Path, headers: dict[str, str], timeout: float) ->
         con.close()
 
 
+def _manifest_of(src: Path) -> bytes:
+    """The exact manifest.json bytes of a bundle folder or archive."""
+    if src.is_dir():
+        return (src / "manifest.json").read_bytes()
+    try:
+        with tarfile.open(src, mode="r:") as tf:
+            f = tf.extractfile("manifest.json")
+            if f is None:
+                raise KeyError("manifest.json")
+            return f.read(1 << 20)
+    except (tarfile.TarError, KeyError, OSError) as exc:
+        raise BundleError(f"{src}: no readable manifest.json ({exc})") from None
+
+
+def _signed_pointer(base: str, target: str, channel: str, bundle_id: str, pointer_key: Any, valid_days: float,
+                    timeout: float) -> dict[str, str]:
+    """A pointer for ``bundle_id`` one version above the channel's current one, signed with ``pointer_key``."""
+    try:
+        current = _json_request("GET", f"{base}/v1/targets/{target}/channels/{channel}", None, None, timeout)
+    except RegistryError as exc:
+        if exc.status != 404:
+            raise
+        current = {}
+    version = 0
+    if current.get("pointer"):
+        try:
+            version = int(json.loads(decode_pointer(current["pointer"], current.get("signature", ""))[0])["version"])
+        except (PointerError, ValueError, KeyError, TypeError):
+            raise RegistryError(f"{base}: the current pointer of {target}/{channel} is unreadable") from None
+    try:
+        data, sig = make_pointer(load_private_key(pointer_key) if not hasattr(pointer_key, "sign") else pointer_key,
+                                 target, channel, bundle_id, version + 1, valid_days=valid_days)
+    except (ValueError, TypeError) as exc:
+        raise RegistryError(f"cannot sign the channel pointer: {exc}") from None
+    return encode_pointer(data, sig)
+
+
 def publish(bundle: str | os.PathLike, server: str, channel: str = "stable", token: str | None = None, *,
-            target: str | None = None, timeout: float = 120.0) -> dict:
+            target: str | None = None, timeout: float = 120.0, pointer_key: Any = None,
+            valid_days: float = DEFAULT_VALID_DAYS) -> dict:
     """Upload a bundle (directory or ``.tar``) to a registry's ``channel``; return the registry's description.
 
-    A directory is verified (integrity) and packed into a temporary tar first. Raises :class:`RegistryError`
-    with the server's reason on any refusal, :class:`BundleError` for a damaged local bundle.
+    A directory is verified (integrity) and packed into a temporary tar first. ``pointer_key`` (the signing key,
+    object or PEM path) also releases it with a signed channel pointer valid for ``valid_days``. Raises
+    :class:`RegistryError` with the server's reason on any refusal, :class:`BundleError` for a damaged local bundle.
     """
     import tempfile
 
@@ -805,6 +1079,15 @@ def publish(bundle: str | os.PathLike, server: str, channel: str = "stable", tok
         url = f"{base}/v1/bundles?{urllib.parse.urlencode(query)}"
         headers = {"Content-Type": "application/x-tar", "Content-Length": str(tar.stat().st_size),
                    "Authorization": f"Bearer {token}"}
+        if pointer_key is not None:
+            raw = _manifest_of(tar)
+            try:
+                manifest_target = str(json.loads(raw)["target"])
+            except (ValueError, KeyError, TypeError):
+                raise BundleError(f"{src}: manifest.json names no target") from None
+            signed = _signed_pointer(base, manifest_target, channel, hashlib.sha256(raw).hexdigest()[:16],
+                                     pointer_key, valid_days, min(timeout, 30.0))
+            headers.update({"X-Channel-Pointer": signed["pointer"], "X-Channel-Pointer-Signature": signed["signature"]})
         try:
             status, body, reason = _post_file(url, tar, headers, timeout)
         except OSError as exc:
@@ -826,14 +1109,14 @@ def _token_or_default(token: str | None) -> str:
     return token
 
 
-def _json_request(method: str, url: str, token: str, body: dict | None, timeout: float) -> dict:
+def _json_request(method: str, url: str, token: str | None, body: dict | None, timeout: float) -> dict:
     import http.client
 
     u = urllib.parse.urlsplit(url)
     cls = http.client.HTTPConnection if u.scheme == "http" else http.client.HTTPSConnection
     con = cls(u.hostname, u.port, timeout=timeout)
     data = json.dumps(body).encode() if body is not None else None
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    headers = {"Accept": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
     if data is not None:
         headers["Content-Type"] = "application/json"
     try:
@@ -850,14 +1133,33 @@ def _json_request(method: str, url: str, token: str, body: dict | None, timeout:
 
 
 def set_channel(server: str, target: str, channel: str, bundle_id: str, token: str | None = None, *,
-                timeout: float = 30.0) -> dict:
-    """Point ``target``/``channel`` at a stored bundle (promote beta to stable, or roll a channel back)."""
+                timeout: float = 30.0, pointer_key: Any = None, valid_days: float = DEFAULT_VALID_DAYS) -> dict:
+    """Point ``target``/``channel`` at a stored bundle (promote beta to stable, or roll a channel back).
+
+    ``pointer_key`` (the signing key) sends a signed channel pointer with it: devices that have seen signed
+    pointers follow only signed ones, and only a signed pointer sends them back to an older bundle. Pointing a
+    channel again at the bundle it serves re-issues its pointer (a new version and expiry).
+    """
     base = _check_url(server)
     for kind, v in (("target", target), ("channel", channel)):
         if not NAME_RE.match(v):
             raise RegistryError(f"invalid {kind} {v!r}")
-    return _json_request("PUT", f"{base}/v1/targets/{target}/channels/{channel}", _token_or_default(token),
-                         {"bundle": bundle_id}, timeout)
+    if not ID_RE.match(bundle_id):
+        raise RegistryError(f"invalid bundle id {bundle_id!r}: 16 lower-case hex digits")
+    token = _token_or_default(token)
+    body: dict[str, Any] = {"bundle": bundle_id}
+    if pointer_key is not None:
+        body.update(_signed_pointer(base, target, channel, bundle_id, pointer_key, valid_days, timeout))
+    return _json_request("PUT", f"{base}/v1/targets/{target}/channels/{channel}", token, body, timeout)
+
+
+def enrol_device(server: str, device_id: str, token: str | None = None, *, timeout: float = 30.0) -> dict:
+    """Enrol a device (publish token needed): ``{"device_id", "token", "enrolled_at"}``; the token is shown once
+    (the registry keeps only its sha256) and replaces any earlier one of that device."""
+    if not DEVICE_RE.match(device_id):
+        raise RegistryError(f"invalid device id {device_id!r}: letters, digits, '.', '_' and '-', at most 64")
+    return _json_request("POST", f"{_check_url(server)}/v1/devices/{device_id}/token", _token_or_default(token),
+                         None, timeout)
 
 
 def list_devices(server: str, token: str | None = None, *, timeout: float = 30.0) -> list[dict]:

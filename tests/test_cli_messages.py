@@ -43,7 +43,7 @@ def signed(tmp_path_factory):
 
 
 def test_listen_on_an_archive_says_to_unpack_it(signed, tmp_path):
-    bundle, tar, pub = signed
+    _, tar, pub = signed
     res = runner.invoke(app, ["listen", "--bundle", str(tar), "--public-key", str(pub), "--wav", str(tmp_path / "x")])
     out = _flat(res)
     assert res.exit_code == 2 and "is a bundle archive" in out and "unpack" in out and "does not exist" not in out

@@ -320,12 +320,24 @@ def test_channels_per_target_and_promotion(server, bundles):
     assert request(server, "GET", "/v1/bundles?limit=0")[0] == 422
 
 
+def enrol(srv, dev) -> str:
+    status, _, body = request(srv, "POST", f"/v1/devices/{dev}/token", b"", {"Authorization": f"Bearer {TOKEN}"})
+    assert status == 201, body
+    return json.loads(body)["token"]
+
+
+def checkin_as(srv, dev, payload, token=None, raw=None):
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    return request(srv, "POST", f"/v1/devices/{dev}/checkin", raw if raw is not None else json.dumps(payload).encode(),
+                   headers)
+
+
 def test_device_checkins(server, bundles):
     a = json.loads(upload(server, bundles["a_tar"].read_bytes())[2])
+    tokens = {dev: enrol(server, dev) for dev in ("kitchen-pi", "hall.pi_2")}
 
     def checkin(dev, payload):
-        return request(server, "POST", f"/v1/devices/{dev}/checkin", json.dumps(payload).encode(),
-                       {"Content-Type": "application/json"})
+        return checkin_as(server, dev, payload, tokens.get(dev))
 
     ok = {"target": "rpi", "channel": "stable", "bundle": a["id"], "status": "installed"}
     assert checkin("kitchen-pi", {**ok, "status": "running"})[0] == 201
@@ -339,8 +351,7 @@ def test_device_checkins(server, bundles):
     assert status == 404 and "no bundle" in detail(body)
     status, _, body = checkin("kitchen-pi", {**ok, "channel": "nightly"})
     assert status == 404
-    status, _, body = request(server, "POST", "/v1/devices/kitchen-pi/checkin", b"{not json",
-                              {"Content-Type": "application/json"})
+    status, _, body = checkin_as(server, "kitchen-pi", None, tokens["kitchen-pi"], raw=b"{not json")
     assert status == 422
     status, _, body = request(server, "GET", "/v1/devices", headers={"Authorization": f"Bearer {TOKEN}"})
     devs = {d["device_id"]: d for d in json.loads(body)["devices"]}
@@ -390,10 +401,12 @@ def test_serve_and_deploy_commands(tmp_path, keys, bundles):
         assert res.exit_code == 0 and f"rpi/stable now serves {info['id']}" in out(res)
         res = runner.invoke(app, ["server", "promote", "0" * 16, "--server", url, "--token", TOKEN])
         assert res.exit_code == 2 and "404" in out(res) and "no bundle" in out(res)
-        status, _, body = request(url, "POST", "/v1/devices/pi-7/checkin",
-                                  json.dumps({"target": "rpi", "channel": "stable", "bundle": info["id"],
-                                              "status": "installed"}).encode(), {"Content-Type": "application/json"})
-        assert status == 201
+        payload = {"target": "rpi", "channel": "stable", "bundle": info["id"], "status": "installed"}
+        assert checkin_as(url, "pi-7", payload)[0] == 401  # not enrolled, and anonymous check-ins are off
+        res = runner.invoke(app, ["server", "enrol", "pi-7", "--server", url, "--token", TOKEN])
+        assert res.exit_code == 0, res.output
+        status, _, body = checkin_as(url, "pi-7", payload, res.stdout.strip().splitlines()[0])
+        assert status == 201 and json.loads(body)["enrolled"] is True
         res = runner.invoke(app, ["server", "devices", "--server", url, "--token", TOKEN, "--json"])
         assert res.exit_code == 0 and [d["device_id"] for d in json.loads(res.stdout)] == ["pi-7"]
         res = runner.invoke(app, ["server", "devices", "--server", url, "--token", "x" * 20])
@@ -414,3 +427,189 @@ def test_serve_and_deploy_commands(tmp_path, keys, bundles):
             proc.kill()
             proc.wait()
     assert (tmp_path / "reg" / "blobs" / f"{info['id']}.tar").is_file()
+
+
+def stream_body(srv, method, path, total, headers=None, declare=None, chunk=64 * 1024):
+    """Send up to ``total`` bytes as a request body (chunked, or raw after a declared Content-Length), stopping as
+    soon as the server answers. Returns (status or None, body bytes sent, response bytes)."""
+    import select
+    import socket
+
+    u = urllib.parse.urlsplit(getattr(srv, "url", srv))
+    sock = socket.create_connection((u.hostname, u.port), timeout=30)
+    hdrs = {"Host": f"{u.hostname}:{u.port}", **(headers or {})}
+    hdrs.update({"Content-Length": str(declare)} if declare is not None else {"Transfer-Encoding": "chunked"})
+    sock.sendall((f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n").encode())
+    block = b"x" * chunk
+    frame = block if declare is not None else f"{len(block):x}\r\n".encode() + block + b"\r\n"
+    sent = 0
+    try:
+        while sent < total:
+            if select.select([sock], [], [], 0)[0]:
+                break  # the server answered before the body was complete
+            sock.sendall(frame)
+            sent += len(block)
+        else:
+            if declare is None:
+                sock.sendall(b"0\r\n\r\n")
+    except OSError:  # the server closed the connection after answering
+        pass
+    data = b""
+    try:
+        while True:  # the refusal closes the connection
+            got = sock.recv(65536)
+            if not got:
+                break
+            data += got
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else None
+    return status, sent, data
+
+
+def test_request_bodies_are_bounded_before_they_are_read(server):
+    big = 50 << 20
+    # a declared Content-Length over the limit is refused before a byte of the body is sent
+    status, sent, data = stream_body(server, "POST", "/v1/devices/pi/checkin", 0,
+                                     {"Content-Type": "application/json"}, declare=big)
+    assert status == 413 and sent == 0 and b"exceeds this registry's limit of 16384 bytes" in data
+    # chunked: the server answers once it has read past the limit, long before 50 MB were sent
+    for method, path in (("POST", "/v1/devices/pi/checkin"), ("PUT", "/v1/targets/rpi/channels/stable")):
+        status, sent, data = stream_body(server, method, path, big, {"Content-Type": "application/json"})
+        assert status == 413 and sent < big // 5, (method, status, sent)
+    # the server still works
+    assert request(server, "GET", "/healthz")[0] == 200
+
+
+def test_refusals_do_not_echo_input_and_survive_lone_surrogates(server, bundles):
+    a = json.loads(upload(server, bundles["a_tar"].read_bytes())[2])
+    token = enrol(server, "kitchen-pi")
+    ok = {"target": "rpi", "channel": "stable", "bundle": a["id"], "status": "installed"}
+    status, _, body = checkin_as(server, "kitchen-pi", {**ok, "status": "x" * 12000}, token)
+    assert status == 422 and len(body) < 1000 and b"xxxxxxxx" not in body, body[:200]
+    assert "status" in detail(body)
+    status, _, body = checkin_as(server, "kitchen-pi", {**ok, "detail": "y" * 12000}, token)
+    assert status == 422 and len(body) < 1000 and b"yyyyyyyy" not in body
+    status, _, body = checkin_as(server, "kitchen-pi", {**ok, "surprise": "z" * 5000}, token)
+    assert status == 422 and len(body) < 1000 and b"zzzzzzzz" not in body
+    for field in ("detail", "target", "status"):
+        status, _, body = checkin_as(server, "kitchen-pi", {**ok, field: "\ud800"}, token)  # json escapes it
+        assert status == 422 and detail(body), (field, status, body)
+    status, _, body = checkin_as(server, "kitchen-pi", None, token, raw=b'{"\\ud800": 1}')
+    assert status == 422
+    status, _, body = request(server, "PUT", "/v1/targets/rpi/channels/stable",
+                              json.dumps({"bundle": "\ud800" * 100}).encode(),
+                              {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    assert status == 422 and b"\\\\ud800" not in body and len(body) < 1000
+
+
+def test_checkins_need_the_devices_own_token(server, bundles):
+    a = json.loads(upload(server, bundles["a_tar"].read_bytes())[2])
+    ok = {"target": "rpi", "channel": "stable", "bundle": a["id"], "status": "installed"}
+    status, headers, body = checkin_as(server, "kitchen-pi", ok)
+    assert status == 401 and "not enrolled" in detail(body) and headers.get("www-authenticate") == "Bearer"
+    status, _, body = request(server, "POST", "/v1/devices/kitchen-pi/token", b"")
+    assert status == 401  # enrolling needs the publish token
+    kitchen, hall = enrol(server, "kitchen-pi"), enrol(server, "hall-pi")
+    assert kitchen != hall and len(kitchen) >= 32
+    assert checkin_as(server, "kitchen-pi", ok)[0] == 401  # enrolled: its token is required
+    assert checkin_as(server, "kitchen-pi", ok, hall)[0] == 403  # another device's token
+    assert checkin_as(server, "kitchen-pi", ok, TOKEN)[0] == 403  # the publish token is not a device token
+    assert checkin_as(server, "ghost", ok, kitchen)[0] == 403
+    status, _, body = checkin_as(server, "kitchen-pi", ok, kitchen)
+    assert status == 201 and json.loads(body)["enrolled"] is True
+    new = enrol(server, "kitchen-pi")  # enrolling again replaces the token
+    assert checkin_as(server, "kitchen-pi", ok, kitchen)[0] == 403
+    assert checkin_as(server, "kitchen-pi", ok, new)[0] == 201
+    # only a hash of each token is stored
+    import sqlite3
+
+    con = sqlite3.connect(server.config.root / "registry.sqlite")
+    stored = [r[0] for r in con.execute("SELECT token_sha256 FROM device_tokens")]
+    con.close()
+    assert new not in stored and hashlib.sha256(new.encode()).hexdigest() in stored
+    assert request(server, "DELETE", "/v1/devices/kitchen-pi/token", None,
+                   {"Authorization": f"Bearer {TOKEN}"})[0] == 200
+    assert checkin_as(server, "kitchen-pi", ok, new)[0] == 403
+    devs = json.loads(request(server, "GET", "/v1/devices", headers={"Authorization": f"Bearer {TOKEN}"})[2])
+    assert [(d["device_id"], d["enrolled"]) for d in devs["devices"]] == [("kitchen-pi", True)]
+
+
+def test_anonymous_checkins_are_an_explicit_option(tmp_path, keys, bundles):
+    cfg = RegistryConfig(root=tmp_path / "anon", tokens=(TOKEN,), trusted_keys=(keys[0][1],), anonymous_checkins=True)
+    with RegistryServer(cfg) as srv:
+        a = json.loads(upload(srv, bundles["a_tar"].read_bytes())[2])
+        ok = {"target": "rpi", "channel": "stable", "bundle": a["id"], "status": "installed"}
+        status, _, body = checkin_as(srv, "anon-pi", ok)
+        assert status == 201 and json.loads(body)["enrolled"] is False
+        token = enrol(srv, "kitchen-pi")
+        assert checkin_as(srv, "kitchen-pi", ok)[0] == 401  # no spoofing an enrolled device
+        assert checkin_as(srv, "kitchen-pi", ok, token)[0] == 201
+        devs = json.loads(request(srv, "GET", "/v1/devices", headers={"Authorization": f"Bearer {TOKEN}"})[2])
+        assert {d["device_id"]: d["enrolled"] for d in devs["devices"]} == {"anon-pi": False, "kitchen-pi": True}
+
+
+def test_signed_channel_pointers(server, bundles, keys, tmp_path):
+    from edgekws.channel import encode_pointer, make_pointer
+    from edgekws.server.registry import set_channel
+
+    (priv, _), (other_priv, _) = keys
+    a = json.loads(upload(server, bundles["a_tar"].read_bytes())[2])["id"]
+    b = json.loads(upload(server, bundles["b_tar"].read_bytes(), channel="beta")[2])["id"]
+
+    def put(bundle, pointer=None):
+        body = {"bundle": bundle, **(encode_pointer(*pointer) if pointer else {})}
+        status, _, raw = request(server, "PUT", "/v1/targets/rpi/channels/stable", json.dumps(body).encode(),
+                                 {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        return status, detail(raw) if status >= 400 else json.loads(raw)
+
+    assert put(b, make_pointer(priv, "rpi", "stable", b, 1))[0] == 200
+    rel = json.loads(request(server, "GET", "/v1/targets/rpi/channels/stable")[2])
+    assert rel["id"] == b and rel["pointer"] and rel["signature"]
+    status, why = put(a, make_pointer(priv, "rpi", "stable", a, 1))  # a replayed version
+    assert status == 409 and "not newer than version 1" in why
+    status, why = put(a)
+    assert status == 409 and "sign this one too" in why
+    status, why = put(a, make_pointer(priv, "rpi", "stable", b, 2))
+    assert status == 409 and "names rpi/stable" in why
+    status, why = put(a, make_pointer(other_priv, "rpi", "stable", a, 2))
+    assert status == 422 and "signature" in why
+    from datetime import datetime, timedelta, timezone
+
+    old = datetime.now(timezone.utc) - timedelta(days=40)
+    status, why = put(a, make_pointer(priv, "rpi", "stable", a, 2, now=old))
+    assert status == 422 and "expired" in why
+    data, sig = make_pointer(priv, "rpi", "stable", a, 2)
+    assert put(a, (data, sig[:-1] + bytes([sig[-1] ^ 1])))[0] == 422
+    # the client signs the next version itself; an unsigned publish to a signed channel is refused
+    info = set_channel(server.url, "rpi", "stable", a, TOKEN, pointer_key=priv)
+    assert info["id"] == a
+    rel = json.loads(request(server, "GET", "/v1/targets/rpi/channels/stable")[2])
+    from edgekws.channel import decode_pointer, verify_pointer
+
+    assert verify_pointer(*decode_pointer(rel["pointer"], rel["signature"]), keys[0][1])["version"] == 2
+    with pytest.raises(RegistryError, match="sign this one too"):
+        publish(bundles["b"], server.url, "stable", TOKEN)
+    assert publish(bundles["b"], server.url, "stable", TOKEN, pointer_key=priv)["id"] == b
+    rel = json.loads(request(server, "GET", "/v1/targets/rpi/channels/stable")[2])
+    assert rel["id"] == b and verify_pointer(*decode_pointer(rel["pointer"], rel["signature"]), keys[0][1])["version"] == 3
+
+
+def test_serve_refuses_a_trusted_key_that_is_not_a_key(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgekws.cli import app
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    passwd = "root:x:0:0:root:/root:/bin/bash\n"  # 32 bytes, like a raw ed25519 key
+    for name, text in (("passwd", passwd * 20), ("short", passwd), ("empty", "")):
+        notakey = tmp_path / name
+        notakey.write_text(text)
+        res = CliRunner().invoke(app, ["server", "serve", "--root", str(tmp_path / "reg"), "--port", "0",
+                                       "--token-file", str(token_file), "--trusted-key", str(notakey)])
+        out = " ".join(res.output.split())
+        assert res.exit_code == 2 and "error:" in out and "not a PEM" in out and "Traceback" not in out, res.output
+        assert isinstance(res.exception, SystemExit), res.exception

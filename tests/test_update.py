@@ -26,7 +26,7 @@ from edgekws.device.update import (
     status,
     update,
 )
-from edgekws.server.registry import RegistryConfig, RegistryServer, publish
+from edgekws.server.registry import RegistryConfig, RegistryServer, enrol_device, publish
 from ship_support import tiny_bundle
 
 TOKEN = "t0ken-for-tests-0123456789"
@@ -62,8 +62,9 @@ def server(tmp_path, keys):
 
 @pytest.fixture
 def device(tmp_path, server, keys):
+    token = enrol_device(server.url, "test-pi", TOKEN)["token"]
     return UpdateConfig(server=server.url, target="rpi", root=tmp_path / "dev" / "bundles", public_key=keys[0][1],
-                        state_root=tmp_path / "dev", chunk_bytes=16 * 1024, device_id="test-pi")
+                        state_root=tmp_path / "dev", chunk_bytes=16 * 1024, device_id="test-pi", device_token=token)
 
 
 def _id(bundle: Path) -> str:
@@ -194,6 +195,7 @@ def test_bundle_from_an_unpinned_signer_is_refused(server, device, bundles, keys
     assert os.readlink(device.root / "current") == f"versions/{a}"
     assert sorted(p.name for p in (device.root / "versions").iterdir()) == [a]
     assert status(device.root)["history"][-1]["event"] == "refused"
+    assert list((device.root / "downloads").iterdir()) == []  # no <id>.json, .tar or .part left behind
     with pytest.raises(UpdateError, match="was refused here on .* not fetched again"):
         update(device)  # the next poll does not download it again
     import dataclasses
@@ -419,3 +421,150 @@ def test_updater_imports_without_torch():
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+@pytest.fixture(scope="module")
+def dated(tmp_path_factory, keys):
+    """Bundles with chosen (signed) creation times: ``old`` from January, ``new`` from June."""
+    import edgekws.bundle as bundle_mod
+
+    d = tmp_path_factory.mktemp("dated")
+    out = {}
+    saved = bundle_mod._utc_now
+    try:
+        for name, when, seed in (("old", "2026-01-05T10:00:00Z", 11), ("new", "2026-06-05T10:00:00Z", 12)):
+            bundle_mod._utc_now = lambda when=when: when
+            out[name] = tiny_bundle(d / name, keys[0][0], head_seed=seed)
+    finally:
+        bundle_mod._utc_now = saved
+    return out
+
+
+def _registry_sql(server, sql, args=()):
+    import sqlite3
+
+    con = sqlite3.connect(server.config.root / "registry.sqlite")
+    try:
+        with con:
+            return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+def test_a_release_older_than_the_one_in_use_needs_a_person(server, device, dated, keys):
+    import dataclasses
+
+    from edgekws.server.registry import set_channel
+
+    old, new = _id(dated["old"]), _id(dated["new"])
+    publish(dated["old"], server.url, "beta", TOKEN)
+    publish(dated["new"], server.url, "stable", TOKEN)
+    assert update(device).bundle == new
+    set_channel(server.url, "rpi", "stable", old, TOKEN)  # the registry points the channel back (unsigned)
+    with pytest.raises(UpdateError, match="older than the one in use.*refusing a downgrade"):
+        update(device)
+    assert os.readlink(device.root / "current") == f"versions/{new}"
+    assert sorted(p.name for p in (device.root / "versions").iterdir()) == [new]  # not even downloaded
+    # a registry that lies about the creation time: the signed manifest decides, and nothing is kept
+    _registry_sql(server, "UPDATE bundles SET created_at = ? WHERE id = ?", ("2027-01-01T00:00:00Z", old))
+    with pytest.raises(UpdateError, match="signed manifest"):
+        update(device)
+    assert os.readlink(device.root / "current") == f"versions/{new}"
+    assert sorted(p.name for p in (device.root / "versions").iterdir()) == [new]
+    assert not [p for p in (device.root / "downloads").iterdir() if p.suffix in (".json", ".part")]
+    # a person asks for it
+    res = update(dataclasses.replace(device, allow_downgrade=True))
+    assert res.status == "installed" and res.bundle == old
+
+
+def test_signed_pointers_roll_back_on_purpose_and_stale_metadata_is_noticed(server, device, dated, keys):
+    from datetime import datetime, timedelta, timezone
+
+    from edgekws.channel import encode_pointer, make_pointer
+    from edgekws.server.registry import set_channel
+
+    priv, other = keys[0][0], keys[1][0]
+    old, new = _id(dated["old"]), _id(dated["new"])
+    publish(dated["old"], server.url, "beta", TOKEN)
+    publish(dated["new"], server.url, "stable", TOKEN, pointer_key=priv)
+    assert update(device).bundle == new
+    seen = json.loads((device.root / "channels.json").read_text())["rpi/stable"]
+    assert seen["version"] == 1 and seen["bundle"] == new
+    # a pointer signed for the older bundle is a person's decision: devices follow it
+    set_channel(server.url, "rpi", "stable", old, TOKEN, pointer_key=priv)
+    res = update(device)
+    assert res.status == "installed" and res.bundle == old
+    assert json.loads((device.root / "channels.json").read_text())["rpi/stable"]["version"] == 2
+
+    def serve_release(bundle, pointer=None):
+        """What a compromised or restored-from-backup registry could serve (bypassing the server's own checks)."""
+        enc = encode_pointer(*pointer) if pointer else {"pointer": None, "signature": None}
+        _registry_sql(server, "INSERT INTO releases (target, channel, bundle_id, at, how, pointer, pointer_sig, "
+                              "pointer_version) VALUES ('rpi', 'stable', ?, 'x', 'set', ?, ?, ?)",
+                      (bundle, pointer[0] if pointer else None, pointer[1] if pointer else None,
+                       json.loads(pointer[0])["version"] if pointer else None))
+        return enc
+
+    # replayed: the version-1 pointer (to the newer bundle) again
+    serve_release(new, make_pointer(priv, "rpi", "stable", new, 1))
+    with pytest.raises(UpdateError, match="pointer version 1 .* older than version 2 seen before"):
+        update(device)
+    # unsigned metadata after signed
+    serve_release(new)
+    with pytest.raises(UpdateError, match="not signed, but this device has seen signed"):
+        update(device)
+    # frozen: a pointer that has expired
+    serve_release(new, make_pointer(priv, "rpi", "stable", new, 3, valid_days=30,
+                                    now=datetime.now(timezone.utc) - timedelta(days=31)))
+    with pytest.raises(UpdateError, match="expired at .* stale metadata"):
+        update(device)
+    # signed by a key the registry trusts but the device does not pin
+    serve_release(new, make_pointer(other, "rpi", "stable", new, 4))
+    with pytest.raises(UpdateError, match="does not verify against the pinned key"):
+        update(device)
+    # a pointer for another bundle than the one the registry names
+    serve_release(new, make_pointer(priv, "rpi", "stable", old, 5))
+    with pytest.raises(UpdateError, match="names rpi/stable -> "):
+        update(device)
+    assert os.readlink(device.root / "current") == f"versions/{old}"
+    assert json.loads((device.root / "channels.json").read_text())["rpi/stable"]["version"] == 2
+    # a fresh pointer moves the device forward again
+    serve_release(new, make_pointer(priv, "rpi", "stable", new, 6))
+    assert update(device).bundle == new
+
+
+def test_an_over_long_download_leaves_nothing_behind(device, bundles, tmp_path):
+    """A server that sends more bytes than the release announced: refused, and no .part or .json kept."""
+    import dataclasses
+    import hashlib
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from edgekws.bundle import pack_bundle
+
+    data = pack_bundle(bundles["a"], tmp_path / "a.tar").read_bytes()
+    bid = _id(bundles["a"])
+    release = {"id": bid, "target": "rpi", "size": len(data) - 100, "sha256": hashlib.sha256(data).hexdigest(),
+               "url": f"/v1/bundles/{bid}/bundle.tar", "created_at": "2026-01-01T00:00:00Z"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            body = json.dumps(release).encode() if "/channels/" in self.path else data
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        cfg = dataclasses.replace(device, server=f"http://127.0.0.1:{httpd.server_address[1]}", checkin=False)
+        with pytest.raises(UpdateError, match="more than the .* bytes"):
+            update(cfg)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert list((device.root / "downloads").iterdir()) == []
