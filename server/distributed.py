@@ -8,8 +8,10 @@ How the work is split (see :func:`edgekws.server.rfad.distill`): rank ``r`` owns
 ``j % world == r``, computes and keeps the real-side features of those nets only, and per step pushes the coreset
 through the sampled nets it owns. The partial kernels ``K_CC`` and ``K_BC`` are summed across ranks
 (all-reduce), every rank solves the same small KRR system, and the coreset gradient contributions of the ranks'
-nets are summed (all-reduce) before the identical Adam step on every rank. The result equals the single-process
-run on the same seed up to floating-point summation order.
+nets are summed (all-reduce) before the identical Adam step on every rank. Each net's share is computed on its own
+and the shares are summed in the order the nets were sampled, whichever rank computed them (the all-reduce only adds
+zeros to each share), so the result equals the single-process run on the same seed bit for bit on the same machine
+and thread count.
 
 Backends: NCCL when CUDA is present (each rank takes ``cuda:LOCAL_RANK``), gloo on CPU.
 """

@@ -638,26 +638,18 @@ class _Objective:
     """The distillation loss of one step, and its gradients w.r.t. the coreset, its labels and the temperature.
 
     ``real`` holds the real-side features of the pool nets this process owns (``slots`` maps a pool index to its
-    row). With several processes (``comm``) each one sums the kernels over its own sampled nets; the partial
-    kernels are summed across processes, every process evaluates the same loss, and the coreset gradients of the
-    processes' nets are summed. With one process this is the plain RFAD objective.
+    row). Each sampled net's kernels and coreset gradient are computed on their own (one net at a time, in the
+    same row chunks whatever the number of processes) into the net's slot of a stacked tensor, and the slots are
+    summed in the order the nets were sampled. With several processes (``comm``) each one fills the slots of the
+    nets it owns and leaves zeros elsewhere; the all-reduce of the stacks adds only zeros to each value, which is
+    exact, so every process evaluates the same loss, and one process and several take bit-for-bit the same step
+    (same machine, same thread count).
     """
 
     def __init__(self, cfg: RFADConfig, pool: RandomConvNets, real: torch.Tensor, slots: dict[int, int],
                  targets: torch.Tensor, labels: torch.Tensor, comm: Comm):
         self.cfg, self.pool, self.real, self.slots, self.comm = cfg, pool, real, slots, comm
         self.targets, self.labels = targets, labels  # (N, C) float64 regression targets, (N,) int64
-
-    def _partial_kernels(self, phi_c: torch.Tensor, own: list[int], bidx: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sums over this process's nets of ``Phi_C Phi_C^T`` and ``Phi_B Phi_C^T`` (not yet divided by m)."""
-        flat = phi_c.reshape(phi_c.shape[0], -1)
-        k_cc = flat @ flat.T
-        k_bc = None
-        for j, net in enumerate(own):
-            part = self.real[self.slots[net]].index_select(0, bidx) @ phi_c[:, j].T
-            k_bc = part if k_bc is None else k_bc + part
-        return k_cc, k_bc
 
     def loss_from_kernels(self, k_cc: torch.Tensor, k_bc: torch.Tensor, y_c: torch.Tensor, log_tau: torch.Tensor,
                           bidx: torch.Tensor) -> torch.Tensor:
@@ -670,47 +662,58 @@ class _Objective:
                  bidx: torch.Tensor) -> float:
         """Accumulate gradients into ``x_c``, ``y_c`` and ``log_tau``; return the loss.
 
-        The coreset's features under this process's nets are computed with autograd when their activations fit
-        the memory budget; otherwise without, and each chunk of coreset rows is recomputed with autograd and
-        back-propagated with its share of the features' gradient.
+        A net's coreset features keep their autograd graph when the activations of all this process's nets fit
+        the memory budget together; otherwise each chunk of coreset rows is recomputed with autograd and
+        back-propagated with its share of the features' gradient. Both give the same numbers: the rows are cut
+        into the same chunks either way.
         """
         m = len(ids)
-        own = [int(j) for j in ids if self.comm.owns(int(j))]
-        n_c = x_c.shape[0]
-        direct = bool(own) and self.pool.chunk_rows(x_c.shape[1:], len(own), grad=True) >= n_c
-        phi = None
-        if own:
-            if direct:
-                phi = self.pool.features(x_c, own)
+        own = [(k, int(j)) for k, j in enumerate(ids.tolist()) if self.comm.owns(int(j))]  # (slot, pool index)
+        n_c, shape = x_c.shape[0], x_c.shape[1:]
+        rows = self.pool.chunk_rows(shape, 1, grad=True)  # per net: the same chunks in every process
+        keep = rows >= n_c and bool(own) and self.pool.chunk_rows(shape, len(own), grad=True) >= n_c
+        kcc = torch.zeros((m, n_c, n_c), dtype=x_c.dtype, device=x_c.device)
+        kbc = torch.zeros((m, len(bidx), n_c), dtype=x_c.dtype, device=x_c.device)
+        held: dict[int, tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]] = {}
+        for k, j in own:
+            real = self.real[self.slots[j]].index_select(0, bidx)
+            if keep:
+                leaf = x_c.detach().requires_grad_(True)
+                phi = self.pool.features(leaf, [j])[:, 0]
             else:
+                leaf = None
                 with torch.no_grad():
-                    phi = self.pool.features_chunked(x_c.detach(), own)
-                phi.requires_grad_(True)
-            k_cc_own, k_bc_own = self._partial_kernels(phi, own, bidx)
-        else:
-            k_cc_own = torch.zeros((n_c, n_c), dtype=x_c.dtype, device=x_c.device)
-            k_bc_own = torch.zeros((len(bidx), n_c), dtype=x_c.dtype, device=x_c.device)
-        if self.comm.world == 1:
-            k_cc, k_bc = k_cc_own / m, k_bc_own / m
-            loss = self.loss_from_kernels(k_cc, k_bc, y_c, log_tau, bidx)
-            loss.backward()
-        else:
-            k_cc = (self.comm.all_reduce_(k_cc_own.detach().double().clone()) / m).requires_grad_(True)
-            k_bc = (self.comm.all_reduce_(k_bc_own.detach().double().clone()) / m).requires_grad_(True)
-            loss = self.loss_from_kernels(k_cc, k_bc, y_c, log_tau, bidx)
-            loss.backward()
-            if own:
-                torch.autograd.backward([k_cc_own, k_bc_own],
-                                        [(k_cc.grad / m).to(k_cc_own.dtype), (k_bc.grad / m).to(k_bc_own.dtype)])
-        if own and not direct:
-            g = phi.grad
-            rows = self.pool.chunk_rows(x_c.shape[1:], len(own), grad=True)
-            for s in range(0, n_c, rows):
-                torch.autograd.backward(self.pool.features(x_c[s : s + rows], own), g[s : s + rows])
+                    phi = torch.cat([self.pool.features(x_c[s : s + rows].detach(), [j])[:, 0]
+                                     for s in range(0, n_c, rows)])
+            with torch.no_grad():
+                kcc[k] = phi @ phi.T
+                kbc[k] = real @ phi.T
+            held[k] = (leaf, phi, real)
         if self.comm.world > 1:
-            if x_c.grad is None:
-                x_c.grad = torch.zeros_like(x_c)
-            self.comm.all_reduce_(x_c.grad)
+            self.comm.all_reduce_(kcc)
+            self.comm.all_reduce_(kbc)
+        k_cc = (kcc.double().sum(0) / m).requires_grad_(True)
+        k_bc = (kbc.double().sum(0) / m).requires_grad_(True)
+        loss = self.loss_from_kernels(k_cc, k_bc, y_c, log_tau, bidx)
+        loss.backward()
+        g_cc, g_bc = (k_cc.grad / m).to(x_c.dtype), (k_bc.grad / m).to(x_c.dtype)
+        grads = torch.zeros((m, *x_c.shape), dtype=x_c.dtype, device=x_c.device)
+        for k, j in own:
+            leaf, phi, real = held.pop(k)
+            with torch.no_grad():  # d loss / d phi of K_CC = phi phi^T and K_BC = real phi^T, in a fixed order
+                g_phi = (g_cc + g_cc.T) @ phi.detach() + g_bc.T @ real
+            if leaf is not None:
+                torch.autograd.backward(phi, g_phi)
+                grads[k] = leaf.grad
+            else:
+                for s in range(0, n_c, rows):
+                    part = x_c[s : s + rows].detach().requires_grad_(True)
+                    torch.autograd.backward(self.pool.features(part, [j])[:, 0], g_phi[s : s + rows])
+                    grads[k, s : s + rows] = part.grad
+        if self.comm.world > 1:
+            self.comm.all_reduce_(grads)
+        g = grads.sum(0)
+        x_c.grad = g if x_c.grad is None else x_c.grad + g
         return float(loss.detach())
 
 
@@ -854,14 +857,10 @@ def distill(
         owned = [j for j in range(cfg.pool_size) if comm.owns(j)]  # this process keeps these nets' features
         slots = {j: k for k, j in enumerate(owned)}
         real = torch.empty((len(owned), len(x_train), d), dtype=torch.float32, device=device)
-        group = cfg.n_models
-        for s in range(0, len(owned), group):
-            ids = owned[s : s + group]
-            feats = pool.features_chunked(xt, ids)  # (N, g, D)
-            real[s : s + len(ids)] = feats.transpose(0, 1)
-            del feats
+        for s, j in enumerate(owned):  # one net at a time: the same numbers whichever process owns it
+            pool.features_chunked(xt, [j], out=real[s].unsqueeze(1))
             if progress:
-                progress({"event": "rfad_features", "done": s + len(ids), "total": len(owned)})
+                progress({"event": "rfad_features", "done": s + 1, "total": len(owned)})
         val_feats = eval_nets.features_chunked(xv)
         del xt, xv
         feature_seconds += time.perf_counter() - t0
