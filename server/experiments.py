@@ -298,6 +298,7 @@ def run_experiment(
     from edgekws.server.pipeline import run_environment
 
     t_start = time.perf_counter()
+    t_wall = time.time()  # this call's start on the clock its end is read from, so consecutive calls never overlap
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     cv = _is_cross_validated(ds)
@@ -327,11 +328,10 @@ def run_experiment(
     # One record per call that worked on this folder, updated after every case: calls on disjoint seeds or folds
     # may run side by side (every case has its own files), and the wall time is the union of their intervals.
     (work / "calls").mkdir(exist_ok=True)
-    t_wall = time.time()
     clock_path = work / "calls" / f"{int(t_wall * 1000)}-{os.getpid()}.json"
 
     def stamp() -> None:
-        atomic_write_json(clock_path, {"start": t_wall, "seconds": time.perf_counter() - t_start})
+        atomic_write_json(clock_path, {"start": t_wall, "seconds": time.time() - t_wall})
 
     def tick(case: str) -> None:
         nonlocal done

@@ -72,6 +72,31 @@ def test_experiment_runs_every_case_and_resumes(speech, tmp_path):
     assert not [e for e in again if e["event"] in ("al_epoch", "distill")]
 
 
+def test_a_call_right_after_another_is_not_counted_as_side_by_side(speech, tmp_path, monkeypatch):
+    """A call's recorded interval starts when the call does: time it spends before its first case (here made long
+    on purpose) must not push its end past the start of the next call."""
+    import time
+
+    import edgekws.server.experiments as ex
+
+    real, seen = ex._is_cross_validated, []
+
+    def slow_first_call(ds):
+        if not seen:
+            time.sleep(0.5)  # the first call is slow to look at its dataset
+        seen.append(ds)
+        return real(ds)
+
+    monkeypatch.setattr(ex, "_is_cross_validated", slow_first_call)
+    cfg = tiny(strategies=("random",), per_class=(2,), fractions=(), random_mse=False)
+    first = run_experiment(speech, cfg, tmp_path / "work")
+    second = run_experiment(speech, cfg, tmp_path / "work")  # at once: every case is finished
+    assert first["calls"] == 1 and second["calls"] == 2
+    assert not second["calls_overlap"], second
+    assert second["wall_seconds_all_calls"] == pytest.approx(second["call_seconds_all_calls"])
+    assert first["wall_seconds_all_calls"] >= 0.5  # the slow start is part of the call
+
+
 def test_report_has_the_papers_numbers_beside_ours_and_a_log_plot(speech, tmp_path):
     report = run_experiment(speech, tiny(strategies=("random", "bald")), tmp_path / "work")
     paths = write_report(report, tmp_path / "out", "al_test")
