@@ -6,8 +6,8 @@ The front end (:mod:`edgekws.speech_embedding`) is frozen, so the only trained p
 dataset's clips, embedded once (cached per dataset fingerprint and front-end configuration), plus
 ``augment_copies`` re-recorded copies of each training clip (time shift, gain, background noise, speed), each
 embedded too. The coreset that ships for on-device fine-tuning is ``per_class`` embedding sequences per class,
-chosen by greedy k-center in the head's penultimate space (so it covers each class's spread), with the trained
-head's softened posteriors as soft labels (a teacher's labels carry most of what a small set can hold).
+chosen by k-medoids in the head's penultimate space (representative members spread over each class), with the
+trained head's softened posteriors as soft labels (a teacher's labels carry most of what a small set can hold).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class SelectionConfig:
     """How the embedding-space coreset was made (stored in the coreset file)."""
 
     per_class: int = 50
-    method: str = "kcenter"
+    method: str = "kmedoids"
     teacher_temperature: float = 2.0
     seed: int = 0
 
@@ -313,7 +313,7 @@ class _ShapeOverride:
         return getattr(self._fc, name)
 
 
-def _kcenter(z: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def _kcenter(z: np.ndarray, k: int) -> np.ndarray:
     """Greedy k-center: start at the point nearest the mean, then repeatedly take the point farthest from the set."""
     if k >= len(z):
         return np.arange(len(z))
@@ -327,14 +327,35 @@ def _kcenter(z: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(chosen)
 
 
+def _kmedoids(z: np.ndarray, k: int, iters: int = 10) -> np.ndarray:
+    """``k`` representative members: k-means from a k-center start, then the member nearest each centroid (distinct
+    members; k-center alone picks the outliers, which make poor rehearsal samples)."""
+    if k >= len(z):
+        return np.arange(len(z))
+    centres = z[_kcenter(z, k)]
+    for _ in range(iters):
+        assign = np.argmin(((z[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+        for j in range(k):
+            members = z[assign == j]
+            if len(members):
+                centres[j] = members.mean(0)
+    d = ((z[:, None] - centres[None]) ** 2).sum(-1)
+    chosen: list[int] = []
+    for j in np.argsort(d.min(0)):  # centroids closest to a member pick first
+        for i in np.argsort(d[:, j]):
+            if int(i) not in chosen:
+                chosen.append(int(i))
+                break
+    return np.asarray(chosen)
+
+
 @torch.no_grad()
 def select_coreset(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...],
                    feature_config: FeatureConfig, frontend: FrontendConfig, cfg: SelectionConfig,
                    source_fingerprint: str = "") -> EmbeddingCoreset:
-    """``cfg.per_class`` sequences per class by k-center in the head's penultimate space, labelled with the
+    """``cfg.per_class`` sequences per class by k-medoids in the head's penultimate space, labelled with the
     head's posteriors at ``cfg.teacher_temperature``."""
     model.eval()
-    rng = np.random.default_rng(cfg.seed)
     xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
     z = torch.cat([model.embed(xt[i: i + 1024]) for i in range(0, len(xt), 1024)]).numpy()
     z = z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-8)
@@ -342,7 +363,7 @@ def select_coreset(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, class_n
     for c in range(len(class_names)):
         members = np.flatnonzero(np.asarray(y) == c)
         if len(members):
-            idx.append(members[_kcenter(z[members], cfg.per_class, rng)])
+            idx.append(members[_kmedoids(z[members], cfg.per_class)])
     sel = np.concatenate(idx)
     logits = head_logits(model, x[sel])
     soft = torch.softmax(torch.from_numpy(logits) / cfg.teacher_temperature, dim=1).numpy()
@@ -432,7 +453,7 @@ def distill_speech_job(
         "backbone": fcfg.kind,
         "frontend": fcfg.to_dict(),
         "training_clips": {"real_or_synthetic": len(xtr), "augmented_copies": int(cfg.augment_copies)},
-        "coreset": {"per_class": per_class, "size": len(core.x), "method": "kcenter in the head's embedding",
+        "coreset": {"per_class": per_class, "size": len(core.x), "method": "k-medoids in the head's embedding",
                     "labels": f"head posteriors at T={cfg.teacher_temperature}", **core.metrics},
         "best_epoch": res.best_epoch,
         "val_accuracy": res.best_val_accuracy,
