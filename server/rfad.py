@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from edgekws.features import FeatureConfig
 from edgekws.fileio import atomic_write_bytes, json_default
+from edgekws.server.checkpoint import read_checkpoint, write_checkpoint
 from edgekws.server.distributed import Comm, current_comm
 from edgekws.server.runtime import pick_device
 
@@ -64,7 +65,7 @@ CORESET_FORMAT = "edgekws-coreset"
 LABEL_KINDS = ("rfad", "teacher")
 CORESET_VERSION = 1
 CHECKPOINT_FORMAT = "edgekws-rfad-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: with a content checksum (edgekws.server.checkpoint)
 _NET_TAG = 0x52464144  # distinguishes net seeds from every other seeded stream
 _EVAL_OFFSET = 1_000_000  # evaluation nets are indexed from here, disjoint from any pool
 _CHUNK_BYTES = 256 * 2**20  # activation memory of one forward chunk without autograd
@@ -608,18 +609,13 @@ def _batch_indices(y: np.ndarray, by_class: list[np.ndarray], batch_size: int,
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    write_checkpoint(state, path)  # atomic, with a checksum of the content
 
 
 def _load_checkpoint(path: Path, cfg: RFADConfig, fingerprint: str) -> dict[str, Any]:
-    try:
-        st = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable RFAD checkpoint ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(st, dict) or st.get("format") != CHECKPOINT_FORMAT:
+    # data only, checksum verified (version-1 files were written without one)
+    st = read_checkpoint(path, what="RFAD checkpoint", require_checksum=lambda b: b.get("version", 0) != 1)
+    if st.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an RFAD checkpoint")
     if st.get("version", 0) > CHECKPOINT_VERSION:
         raise ValueError(f"{path}: checkpoint version {st.get('version')} is newer than this edgekws understands")

@@ -210,3 +210,21 @@ def test_content_digest_sees_types_and_values():
     with pytest.raises(TypeError):
         content_digest({"a": object()})
     assert issubclass(CheckpointError, ValueError)  # callers that catch ValueError see every refusal
+
+
+def test_rfad_resume_checkpoint_is_checked_too(tmp_path):
+    from edgekws.server.rfad import RFADConfig, distill
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 10)
+    x = (rng.standard_normal((30, 8, 12)) + y[:, None, None] * 0.5).astype(np.float32)
+    fc = FeatureConfig(normalization="none", clip_seconds=12 * 0.02 + 0.03, n_mfcc=8)
+    cfg = RFADConfig(per_class=2, steps=2, n_models=1, pool_size=2, width=4, depth=2, batch_size=30, eval_every=1,
+                     patience=0, seed=0, device="cpu", checkpoint_every=1)
+    ckpt = tmp_path / "rfad.pt"
+    distill(x, y, x, y, ["a", "b", "c"], fc, cfg, checkpoint_path=ckpt)
+    assert "content_sha256" in torch.load(ckpt, weights_only=True)
+    _flip_weight_bit(ckpt)
+    with pytest.raises(ValueError, match="damaged") as err:
+        distill(x, y, x, y, ["a", "b", "c"], fc, cfg, checkpoint_path=ckpt, resume=True)
+    _one_line(str(err.value))
