@@ -14,7 +14,7 @@ from edgekws.datasets.cache import load_features, load_waveforms
 from edgekws.features import FeatureConfig, fit_normalization, normalize
 from edgekws.server.train import synthetic_noise_bank
 
-__all__ = ["Prepared", "prepare", "noise_bank_for"]
+__all__ = ["Prepared", "prepare", "noise_bank_for", "split_by_group_hash"]
 
 
 @dataclass
@@ -45,6 +45,25 @@ class Prepared:
         """(waves, feats, labels) of "train", "val" or "test"."""
         idx = getattr(self.split, part)
         return self.waves[idx], self.feats[idx], self.labels[idx]
+
+
+def split_by_group_hash(ds: Dataset, val: float = 0.15, test: float = 0.15) -> Dataset:
+    """A copy of ``ds`` with train/val/test folds drawn by a stable hash of each clip's group (speaker, recording).
+
+    For a development subset that holds a single fold (e.g. one official UrbanSound8K fold): the split never cuts
+    a group and does not depend on the order or number of clips.
+    """
+    import dataclasses
+
+    from edgekws.datasets.base import stable_hash_fraction
+
+    if not (val > 0 and test > 0 and val + test < 1):
+        raise ValueError("need val, test > 0 and val + test < 1")
+    names = []
+    for g in ds.groups:
+        r = stable_hash_fraction(str(g), salt="dev-split")
+        names.append("test" if r < test else "val" if r < test + val else "train")
+    return dataclasses.replace(ds, folds=np.asarray(names))
 
 
 def noise_bank_for(ds: Dataset, sample_rate: int) -> list[np.ndarray]:

@@ -63,6 +63,7 @@ Progress = Callable[[dict[str, Any]], None]
 
 CORESET_FORMAT = "edgekws-coreset"
 LABEL_KINDS = ("rfad", "teacher")
+READOUTS = ("flatten", "time-mean", "global-mean")
 CORESET_VERSION = 1
 CHECKPOINT_FORMAT = "edgekws-rfad-checkpoint"
 CHECKPOINT_VERSION = 2  # 2: with a content checksum (edgekws.server.checkpoint)
@@ -103,6 +104,11 @@ class RFADConfig:
         width: channels of every conv layer.
         depth: conv -> ReLU -> avg-pool blocks.
         max_features: cap on features per net (``width * h * w``); larger grids are adaptively pooled.
+        readout: how the last block becomes features: ``"flatten"`` (every position, the reference's choice),
+            ``"time-mean"`` (averaged over frames: a kernel that does not care *when* in the clip a sound is,
+            but keeps its spectral layout) or ``"global-mean"`` (averaged over both axes); ``"auto"`` picks, per
+            dataset, the readout under which KRR on the initial (random real) coreset predicts the validation split
+            best (``metrics["readout"]``; ties go to the earlier of flatten, time-mean, global-mean).
         bias_std: standard deviation of the conv biases (0: no bias).
         reg: KRR ridge, relative to the mean diagonal of ``K_CC``.
         loss: "mse" (squared error of KRR predictions against one-hot targets) or "platt" (cross-entropy of
@@ -129,6 +135,7 @@ class RFADConfig:
     width: int = 128
     depth: int = 3
     max_features: int = 4096
+    readout: str = "flatten"
     bias_std: float = 0.0
     reg: float = 1e-3
     loss: str = "mse"
@@ -154,6 +161,8 @@ class RFADConfig:
             raise ValueError(f"pool_size={self.pool_size} must be at least n_models={self.n_models}")
         if self.eval_models < 0 or self.patience < 0:
             raise ValueError("eval_models and patience must be >= 0")
+        if self.readout not in (*READOUTS, "auto"):
+            raise ValueError(f"unknown readout {self.readout!r}; use one of {', '.join(READOUTS)} or auto")
         if self.loss not in ("mse", "platt"):
             raise ValueError(f"unknown loss {self.loss!r}; use 'mse' or 'platt'")
         if self.label_init not in ("onehot", "centered"):
@@ -208,16 +217,21 @@ class RandomConvNets:
         first_index: global index of the first net (pools start at 0, evaluation nets far above).
         bias_std: conv bias standard deviation (0: no bias).
         max_features: cap on the flattened output per net.
+        readout: "flatten", "time-mean" or "global-mean" (see :class:`RFADConfig`).
         device: where the weights live.
     """
 
     def __init__(self, n_nets: int, width: int = 128, depth: int = 3, seed: int = 0, first_index: int = 0,
-                 bias_std: float = 0.0, max_features: int = 4096, device: str | torch.device = "cpu"):
+                 bias_std: float = 0.0, max_features: int = 4096, device: str | torch.device = "cpu",
+                 readout: str = "flatten"):
         if n_nets < 1 or width < 1 or depth < 1:
             raise ValueError("n_nets, width and depth must be >= 1")
         self.n_nets, self.width, self.depth = int(n_nets), int(width), int(depth)
         self.seed, self.first_index = int(seed), int(first_index)
         self.bias_std, self.max_features = float(bias_std), int(max_features)
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; use one of {', '.join(READOUTS)}")
+        self.readout = readout
         weights: list[list[torch.Tensor]] = [[] for _ in range(depth)]
         biases: list[list[torch.Tensor]] = [[] for _ in range(depth)]
         for i in range(self.n_nets):
@@ -235,13 +249,14 @@ class RandomConvNets:
     @classmethod
     def pool(cls, cfg: RFADConfig, device: str | torch.device = "cpu") -> "RandomConvNets":
         """The ``cfg.pool_size`` nets distillation samples from."""
-        return cls(cfg.pool_size, cfg.width, cfg.depth, cfg.seed, 0, cfg.bias_std, cfg.max_features, device)
+        return cls(cfg.pool_size, cfg.width, cfg.depth, cfg.seed, 0, cfg.bias_std, cfg.max_features, device,
+                   cfg.readout)
 
     @classmethod
     def evaluation(cls, cfg: RFADConfig, device: str | torch.device = "cpu") -> "RandomConvNets":
         """The ``cfg.n_eval_models`` held-out nets used for validation and by :func:`krr_predict`."""
         return cls(cfg.n_eval_models, cfg.width, cfg.depth, cfg.seed, _EVAL_OFFSET, cfg.bias_std,
-                   cfg.max_features, device)
+                   cfg.max_features, device, cfg.readout)
 
     def __len__(self) -> int:
         return self.n_nets
@@ -257,6 +272,10 @@ class RandomConvNets:
             raise ValueError(f"input shape must be positive, got {tuple(shape)}")
         for _ in range(self.depth):
             h, w = -(-h // _pool_kernel(h, w)[0]), -(-w // _pool_kernel(h, w)[1])
+        if self.readout == "time-mean":
+            w = 1
+        elif self.readout == "global-mean":
+            h, w = 1, 1
         while self.width * h * w > self.max_features and (h > 1 or w > 1):
             if h >= w:
                 h = -(-h // 2)
@@ -289,6 +308,10 @@ class RandomConvNets:
             h = F.conv2d(h, w, b, padding=1, groups=1 if layer == 0 else m)
             h = F.relu(h, inplace=True)
             h = F.avg_pool2d(h, _pool_kernel(h.shape[2], h.shape[3]), ceil_mode=True)
+        if self.readout == "time-mean":
+            h = h.mean(dim=3, keepdim=True)
+        elif self.readout == "global-mean":
+            h = h.mean(dim=(2, 3), keepdim=True)
         if tuple(h.shape[2:]) != target:
             h = F.adaptive_avg_pool2d(h, target)
         d = self.width * target[0] * target[1]
@@ -596,6 +619,21 @@ def _data_fingerprint(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:32]
 
 
+def _best_readout(scores: dict[str, float]) -> str:
+    return max((r for r in READOUTS if r in scores), key=lambda r: scores[r])
+
+
+def _krr_accuracy(cfg: RFADConfig, x_c: torch.Tensor, y_c: torch.Tensor, x_val: np.ndarray, y_val: np.ndarray,
+                  device: torch.device) -> float:
+    """Validation accuracy of KRR on the support ``(x_c, y_c)`` under ``cfg``'s held-out evaluation nets."""
+    nets = RandomConvNets.evaluation(cfg, device)
+    with torch.no_grad():
+        fc = nets.features_chunked(x_c)
+        fv = nets.features_chunked(_as_tensor(x_val, device))
+        pred = kernel_ridge(_gram(fc, fc), _gram(fv, fc), y_c.double(), cfg.reg)
+    return float((pred.argmax(1).cpu().numpy() == y_val).mean())
+
+
 def _batch_indices(y: np.ndarray, by_class: list[np.ndarray], batch_size: int,
                    rng: np.random.Generator) -> np.ndarray:
     """A class-balanced sample of ``batch_size`` rows (every row when the set is no larger)."""
@@ -842,11 +880,21 @@ def distill(
             "opt_y": opt_y.state_dict() if opt_y is not None else None, "rng": rng.bit_generator.state,
             "history": history, "bad_evals": bad_evals, "stopped": stopped, "best": best, "init_acc": init_acc,
             "feature_seconds": feature_seconds, "step_seconds": step_seconds, "losses": losses,
+            "readout_scores": readout_scores,
         })
 
+    run_cfg, readout_scores = None, None
+    if state is not None:
+        readout_scores = state.get("readout_scores")
     if not stopped and step < cfg.steps:
-        pool = RandomConvNets.pool(cfg, device)
-        eval_nets = RandomConvNets.evaluation(cfg, device)
+        run_cfg = cfg
+        if cfg.readout == "auto":
+            if readout_scores is None:  # measured once, on the initial coreset; a resumed run keeps the choice
+                readout_scores = {r: _krr_accuracy(dataclasses.replace(cfg, readout=r), x_c.detach(), y_c.detach(),
+                                                   x_val, y_val, device) for r in READOUTS}
+            run_cfg = dataclasses.replace(cfg, readout=_best_readout(readout_scores))
+        pool = RandomConvNets.pool(run_cfg, device)
+        eval_nets = RandomConvNets.evaluation(run_cfg, device)
         t0 = time.perf_counter()
         xt, xv = _as_tensor(x_train, device), _as_tensor(x_val, device)
         d = pool.feature_dim(x_train.shape[1:])
@@ -928,6 +976,8 @@ def distill(
         "seconds": time.perf_counter() - t_start,
         "device": str(device),
         "processes": comm.world,
+        "readout": cfg.readout if cfg.readout != "auto" else _best_readout(readout_scores or {READOUTS[0]: 0.0}),
+        "readout_scores": readout_scores,
         "history": history,
     }
     return Coreset(x=best["x"].numpy(), y=best["y"].numpy(), class_names=class_names, feature_config=feature_config,

@@ -140,3 +140,54 @@ def test_budgets_make_valid_rfad_configs_and_grow_in_cost():
     assert best.rfad["steps"] > fast.rfad["steps"] and best.rfad["width"] > fast.rfad["width"]
     with pytest.raises(ValueError, match="unknown budget"):
         get_budget("huge")
+
+
+def test_time_mean_readout_makes_the_kernel_indifferent_to_when_a_sound_happens():
+    from edgekws.server.rfad import RandomConvNets
+
+    h, w = 16, 64
+    early, late = torch.zeros(1, h, w), torch.zeros(1, h, w)
+    pattern = torch.randn(h, 8, generator=torch.Generator().manual_seed(0))
+    early[0, :, 8:16], late[0, :, 40:48] = pattern, pattern
+
+    def cosine(readout):
+        nets = RandomConvNets(2, width=16, depth=3, seed=0, readout=readout)
+        a, b = nets.features(early).flatten(), nets.features(late).flatten()
+        return float(a @ b / (a.norm() * b.norm()))
+
+    assert cosine("time-mean") > 0.99  # the same sound at another time: (almost) the same features
+    assert cosine("flatten") < 0.5  # every position is its own feature
+    with pytest.raises(ValueError, match="unknown readout"):
+        RFADConfig(readout="max")
+    nets = RandomConvNets(3, width=8, depth=2, readout="time-mean")
+    assert nets.feature_dim((16, 64)) == 8 * 4 and nets.features(torch.zeros(2, 16, 64)).shape == (2, 3, 32)
+
+
+def test_auto_readout_is_chosen_on_validation_and_kept_in_the_metrics():
+    from edgekws.server.rfad import READOUTS, distill
+
+    rng = np.random.default_rng(0)
+    h, w, n = 8, 32, 60
+    # a class is a spectral shape that can sit anywhere in time: only a time-blind readout generalises
+    shapes = rng.normal(size=(3, h, 4)).astype(np.float32)
+
+    def make(count, seed):
+        r = np.random.default_rng(seed)
+        x = 0.1 * r.normal(size=(count, h, w)).astype(np.float32)
+        y = r.integers(0, 3, count)
+        for i in range(count):
+            t = int(r.integers(0, w - 4))
+            x[i, :, t : t + 4] += shapes[y[i]]
+        return x, y
+
+    xtr, ytr = make(n, 1)
+    xv, yv = make(30, 2)
+    fc = FeatureConfig(n_mfcc=h, n_mels=16, clip_seconds=(w - 1) * 0.02 + 0.05)
+    assert fc.shape == (h, w)
+    cfg = RFADConfig(per_class=3, steps=1, n_models=1, pool_size=1, width=8, depth=2, readout="auto", eval_every=1,
+                     patience=0, threads=1)
+    core = distill(xtr, ytr, xv, yv, ("a", "b", "c"), fc, cfg)
+    scores = core.metrics["readout_scores"]
+    assert set(scores) == set(READOUTS)
+    assert core.metrics["readout"] == max(READOUTS, key=lambda r: scores[r])
+    assert scores["global-mean"] > scores["flatten"]
