@@ -1,7 +1,8 @@
 """Compute budgets of `edgekws distill`: how much distillation and training a run may spend.
 
 * ``fast`` (default): fits 10 minutes end to end on the embedded default with 2 CPU cores: a 30-epoch teacher
-  (the shipped net when it is the better one), 40 RFAD steps over a pool of 16 narrow random nets, and the target
+  (the shipped net when it is the better one), 40 RFAD steps over a pool of 16 narrow random nets (readout chosen
+  per dataset on validation), and the target
   net trained on the coreset from the teacher until validation stalls (at most 80 epochs).
 * ``standard``: a few times ``fast`` on a CPU server: more RFAD steps, wider and more random nets per step.
 * ``best``: what a GPU server runs: the paper's 7 nets per step from a large pool of wide nets, hundreds of steps,
@@ -34,15 +35,15 @@ BUDGETS: dict[str, Budget] = {
     for b in (
         Budget("fast", "<= 10 min on 2 CPU cores (embedded default)",
                rfad=dict(steps=40, n_models=4, pool_size=16, width=32, lr=3e-2, label_lr=3e-2, patience=4,
-                         eval_every=10),
+                         eval_every=10, readout="auto"),
                teacher_epochs=30, student_max_epochs=80, student_patience=12),
         Budget("standard", "a CPU server: wider kernel, more steps",
                rfad=dict(steps=200, n_models=8, pool_size=32, width=64, lr=3e-2, label_lr=3e-2, patience=6,
-                         eval_every=10),
+                         eval_every=10, readout="auto"),
                teacher_epochs=40, student_max_epochs=200, student_patience=24),
         Budget("best", "a GPU server: the paper's 7 nets per step, wide nets, long patience",
                rfad=dict(steps=1000, n_models=7, pool_size=64, width=128, lr=1e-2, label_lr=1e-2, patience=10,
-                         eval_every=20),
+                         eval_every=20, readout="auto"),
                teacher_epochs=60, student_max_epochs=400, student_patience=40),
     )
 }
