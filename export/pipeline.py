@@ -161,6 +161,12 @@ def export_bundle(
     frontend = (blob.get("metrics") or {}).get("frontend")
     core, core_path = _load_coreset(coreset, embedding=bool(frontend))
     shape = tuple(model.input_shape) if frontend else tuple(fcfg.shape)
+    if core is not None and not frontend:
+        from edgekws.server.rfad import coreset_mismatch
+
+        why = coreset_mismatch(core, classes, fcfg)
+        if why:
+            raise ValueError(f"{why}: the coreset does not belong to this checkpoint")
     if core is not None:
         if list(core.class_names) != list(classes):
             raise ValueError(f"coreset classes {list(core.class_names)} differ from the model's {classes}")
