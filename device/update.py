@@ -529,8 +529,8 @@ def _raw_key_b64(public_key: Any) -> str:
 def _smoke_child(bundle: str, key_b64: str, state: str | None, fmt: str, precision: str) -> dict:
     """Runs in the smoke-test process: open the bundle as ``listen`` would and run one inference."""
     import numpy as np
-    from edgekws.device.model import DeviceModel, open_bundle
 
+    from edgekws.device.model import DeviceModel, open_bundle
 
     t0 = time.perf_counter()
     info = open_bundle(bundle, base64.b64decode(key_b64))

@@ -87,13 +87,19 @@ def content_digest(obj: Any) -> str:
 
 
 def _plain(obj: Any) -> Any:
-    """numpy scalars and arrays as Python values and tensors, paths as text (what a data-only load rebuilds)."""
+    """numpy scalars and arrays as Python values and tensors, paths as text, subclasses of bool, int, float and str
+    as those types (what a data-only load rebuilds)."""
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)) and not isinstance(obj, torch.Size):
         return type(obj)(_plain(v) for v in obj) if type(obj) in (list, tuple) else [_plain(v) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
+    if type(obj) in (bool, int, float, str):
+        return obj
+    for plain in (bool, int, float, str):  # subclasses (torch's version string, enums) as their plain value
+        if isinstance(obj, plain):
+            return plain(obj)
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(obj))
     if isinstance(obj, os.PathLike):

@@ -174,9 +174,12 @@ def test_cli_train_resume_from_a_damaged_checkpoint_says_why(tmp_path):
 def test_model_checkpoint_checksum_and_older_files(tmp_path):
     model = create_model("cnn4", 3, (10, 48), widths=(4, 4, 4, 4))
     fc = FeatureConfig(n_mfcc=10)
-    save_checkpoint(tmp_path / "m.pt", model, fc, ["a", "b", "c"], {"acc": np.float32(0.5), "n": np.int64(3)})
+    metrics = {"acc": np.float32(0.5), "n": np.int64(3), "torch": torch.__version__, "where": tmp_path, "ok": True}
+    save_checkpoint(tmp_path / "m.pt", model, fc, ["a", "b", "c"], metrics)
     m2, _, classes, blob = load_checkpoint(tmp_path / "m.pt")
-    assert classes == ["a", "b", "c"] and blob["metrics"] == {"acc": 0.5, "n": 3} and blob["version"] == 2
+    assert classes == ["a", "b", "c"] and blob["version"] == 2
+    assert blob["metrics"] == {"acc": 0.5, "n": 3, "torch": str(torch.__version__), "where": str(tmp_path), "ok": True}
+    assert type(blob["metrics"]["torch"]) is str and blob["metrics"]["ok"] is True
     for a, b in zip(model.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(a, b)
     # one flipped bit in the weights
