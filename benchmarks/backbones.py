@@ -16,7 +16,6 @@ detections (every one is a false alarm). Writes ``benchmarks/results/backbones.j
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -38,12 +37,16 @@ def _score_head(model: Any, x: np.ndarray, truth: np.ndarray, classes: tuple[str
 
 def speech_embedding_runs(gsc: Path, seeds: list[int], work: Path) -> list[dict[str, Any]]:
     import torch
+    from edgekws.server.speech_head import (
+        SpeechHeadConfig,
+        dataset_embeddings,
+        distill_speech_job,
+    )
+    from edgekws.server.train import load_checkpoint
 
     from edgekws.datasets import load_dataset, split_indices
     from edgekws.datasets.gsc import load_gsc
     from edgekws.features import FeatureConfig
-    from edgekws.server.speech_head import SpeechHeadConfig, dataset_embeddings, distill_speech_job
-    from edgekws.server.train import load_checkpoint
     from edgekws.speech_embedding import FrontendConfig
 
     torch.set_num_threads(1)
@@ -79,14 +82,25 @@ def bundle_rows(bundles: dict[str, Path], gsc: Path, noise_dir: Path | None) -> 
     from edgekws.device.model import DeviceModel, open_bundle
     from edgekws.device.runtime import Detector, run_detector
     from edgekws.export.check import check_bundle
+    from edgekws.server.speech_head import dataset_embeddings
+
+    from edgekws.datasets.gsc import load_gsc
+    from edgekws.speech_embedding import FrontendConfig
 
     rows = []
     noise = noise_stream(noise_dir) if noise_dir else None
+    real = load_gsc(gsc)
     for name, path in bundles.items():
-        res = check_bundle(path, "gsc", gsc, trust_embedded_key=True)
-        row = {"bundle": name, "path": str(path), **res}
+        info = open_bundle(path, trust_embedded_key=True)
+        fe = info.manifest.get("frontend")
+        inputs, same = None, None
+        if fe:  # embeddings cached on the server side; the device computes the same (checked on 16 clips here)
+            xr, waves = dataset_embeddings(real, FrontendConfig.from_dict(fe["config"]))
+            inputs = xr[:, None]
+            same = float(np.abs(DeviceModel(info).clip_inputs(waves[:16]) - inputs[:16]).max())
+        res = check_bundle(path, "gsc", gsc, trust_embedded_key=True, inputs=inputs)
+        row = {"bundle": name, "path": str(path), **res, "cached_inputs_max_diff": same}
         if noise is not None and len(noise[0]):
-            info = open_bundle(path, trust_embedded_key=True)
             rec = info.manifest.get("recommended") or {}
             model = DeviceModel(info, fmt=rec.get("format", "onnx"), precision=rec.get("precision", "fp32"),
                                 calibrate=True)
@@ -111,15 +125,15 @@ def _ms(vals: list[float]) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     L = ["# Backbones on real speakers: trained on synthetic speech only", "",
-         f"Real set: gsc-dev ({report['gsc_clips']} clips, 10 keywords, 197 speakers; speaker-disjoint test split "
+         (f"Real set: gsc-dev ({report['gsc_clips']} clips, 10 keywords, 197 speakers; speaker-disjoint test split "
          f"{report['gsc_test_clips']} clips). Training: the embedded synthetic keywords (10 x 300 clips, espeak-ng) "
          "plus 300 `_nothing_` clips (other words, noise, silence); no real clip. Machine: "
-         f"{report['environment']['cpu']} ({report['environment']['cores']} cores, shared), one thread.", ""]
+         f"{report['environment']['cpu']} ({report['environment']['cores']} cores, shared), one thread."), ""]
     se = report["speech_embedding"]
     if se:
         L += ["## Speech-embedding backbone, head trained by `distill_speech_job` (torch, before export)", "",
-              "| seed | synthetic test | gsc-dev all: accuracy | keywords only | called `_nothing_` | gsc test split | "
-              "params |", "|---|---|---|---|---|---|---|"]
+              ("| seed | synthetic test | gsc-dev all: accuracy | keywords only | called `_nothing_` | gsc test split | "
+               "params |"), "|---|---|---|---|---|---|---|"]
         for r in se:
             L.append(f"| {r['seed']} | {_pct(r['synthetic_test'])} | {_pct(r['gsc_all']['accuracy'])} | "
                      f"{_pct(r['gsc_all']['accuracy_keywords_only'])} | {_pct(r['gsc_all']['predicted_silent_class'])}"
@@ -131,8 +145,8 @@ def markdown(report: dict[str, Any]) -> str:
         L.append("")
     if report["bundles"]:
         L += ["## Shipped bundles, scored as the device runs them", "",
-              "| bundle | graph | gsc-dev all | keywords only | called a `_` class | test split | noise: detections "
-              "(per hour) |", "|---|---|---|---|---|---|---|"]
+              ("| bundle | graph | gsc-dev all | keywords only | called a `_` class | test split | noise: detections "
+               "(per hour) |"), "|---|---|---|---|---|---|---|"]
         for r in report["bundles"]:
             nz = r.get("noise")
             noise = f"{nz['detections']} in {nz['seconds']:.0f} s ({nz['per_hour']:.0f}/h)" if nz else "–"
@@ -154,9 +168,10 @@ def main() -> None:
     ap.add_argument("--noise-dir", type=Path, default=None)
     ap.add_argument("--name", default="backbones")
     args = ap.parse_args()
+    from edgekws.server.pipeline import run_environment
+
     from edgekws.datasets import split_indices
     from edgekws.datasets.gsc import load_gsc
-    from edgekws.server.pipeline import run_environment
 
     t0 = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -168,7 +183,7 @@ def main() -> None:
             name, _, path = str(p).rpartition("=")
             bundles[name or f"{kind}: {path}"] = Path(path)
     real = load_gsc(args.gsc)
-    report = {"gsc_clips": len(real), "gsc_test_clips": int(len(split_indices(real).test)), "seeds": seeds,
+    report = {"gsc_clips": len(real), "gsc_test_clips": len(split_indices(real).test), "seeds": seeds,
               "speech_embedding": se, "bundles": bundle_rows(bundles, args.gsc, args.noise_dir),
               "environment": run_environment(), "seconds": time.perf_counter() - t0}
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -40,11 +40,13 @@ def score(logits: np.ndarray, truth: np.ndarray, classes: tuple[str, ...] | list
 
 
 def check_bundle(bundle: str | os.PathLike, dataset: str, data_dir: str | os.PathLike | None, *,
-                 public_key: Any = None, trust_embedded_key: bool = False, fmt: str | None = None, precision: str | None = None, threads: int = 1,
-                 batch: int = 64, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                 public_key: Any = None, trust_embedded_key: bool = False, fmt: str | None = None,
+                 precision: str | None = None, threads: int = 1, inputs: np.ndarray | None = None, batch: int = 64, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Accuracy of a bundle's graph on every clip of a real labelled dataset, and on its test split.
 
     The dataset is opened with the bundle's keyword classes (classes starting with ``_`` are not asked for).
+    ``inputs``: the model inputs of every clip, ``(N, 1, H, W)``, when already computed with the bundle's front end
+    (a benchmark scoring several bundles that share one); otherwise the clips go through it here.
 
     Returns ``{"dataset", "graph", "all": score, "test_split": score, "seconds"}`` (see :func:`score`).
 
@@ -73,12 +75,16 @@ def check_bundle(bundle: str | os.PathLike, dataset: str, data_dir: str | os.Pat
     if missing:
         raise ValueError(f"{dataset} has classes the bundle does not know: {missing}")
     truth = np.array([info.classes.index(n) for n in names])
-    waves = load_waveforms(ds)
+    waves = load_waveforms(ds) if inputs is None else None
+    n = len(ds)
+    if inputs is not None and (len(inputs) != n or tuple(inputs.shape[2:]) != tuple(model.frontend.input_shape)):
+        raise ValueError(f"inputs {inputs.shape} do not fit {n} clips of {model.frontend.input_shape}")
     logits = []
-    for s in range(0, len(waves), batch):
-        logits.append(model.logits(model.clip_inputs(waves[s: s + batch])))
+    for s in range(0, n, batch):
+        x = inputs[s: s + batch] if inputs is not None else model.clip_inputs(waves[s: s + batch])
+        logits.append(model.logits(x))
         if progress:
-            progress({"event": "check", "done": min(len(waves), s + batch), "total": len(waves)})
+            progress({"event": "check", "done": min(n, s + batch), "total": n})
     z = np.concatenate(logits) if logits else np.zeros((0, len(info.classes)), np.float32)
     test = split_indices(ds).test
     return {

