@@ -680,7 +680,32 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"alarms = {d['false_alarms_per_hour']:.0f}/h")
         results[name] = r
 
+    name = args.name or args.bundle.resolve().parent.name
+    RESULTS.mkdir(exist_ok=True)
+    png = RESULTS / f"streaming_{name}.png"
+
+    def write() -> None:  # after every model: a long run that is stopped keeps what it measured
+        res = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+               "machine": machine, "graph": f"{base.fmt}/{base.precision}", "keywords": keywords,
+               "tolerance_s": next(iter(results.values()))["tolerance_s"],
+               "noise_files": noise_names, "seconds_audio": sum(s.seconds for s in streams),
+               "data": {**data_info, "stream_words": sum(len(s.keywords()) for s in streams),
+                        "speech_events": sum(len(s.placements) - len(s.keywords()) for s in streams),
+                        "noise_only": sum(len(s.noise_only) for s in streams),
+                        "noise_only_seconds": sum(b - a for s in streams for a, b in s.noise_only)},
+               "streams": [{"seed": s.seed, "seconds": s.seconds, "keywords": len(s.keywords()),
+                            "other_speech": len(s.placements) - len(s.keywords()), "noise_only": s.noise_only,
+                            "noise_segments": s.noise_segments,
+                            "placements": [asdict(p) for p in s.placements]} for s in streams],
+               "results": results, "png": str(png), "wall_s": time.perf_counter() - t_start}
+        _plot(results, png, f"{args.bundle} on {res['seconds_audio'] / 60:.0f} min of streams (seeds {args.seed}.."
+                            f"{args.seed + args.streams - 1})")
+        atomic_write_json(RESULTS / f"streaming_{name}.json", res)
+        atomic_write_bytes(RESULTS / f"streaming_{name}.md", report(res).encode())
+        _log(f"wrote {RESULTS / f'streaming_{name}'}.json|md|png ({len(results)} model(s))")
+
     run("bundle", base, {"labels_per_class": 0})
+    write()
     for n in [int(v) for v in args.finetune.split(",") if v.strip()]:
         with tempfile.TemporaryDirectory(prefix="stream-ft-") as st:
             rep = finetune_variant(args.bundle, args.public_key, args.embedded_key, pool, n, args.seed, Path(st),
@@ -691,28 +716,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise RuntimeError(f"listen did not pick up the fine-tuned version {rep['version']}")
             run(f"fine-tuned {n}/class", model, {"labels_per_class": n, "finetune": {
                 k: rep[k] for k in ("n_labeled", "n_coreset", "train_accuracy", "seconds", "speakers")}})
+        write()
 
-    name = args.name or args.bundle.resolve().parent.name
-    RESULTS.mkdir(exist_ok=True)
-    png = RESULTS / f"streaming_{name}.png"
-    res = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-           "machine": machine, "graph": f"{base.fmt}/{base.precision}", "keywords": keywords,
-           "tolerance_s": next(iter(results.values()))["tolerance_s"],
-           "noise_files": noise_names, "seconds_audio": sum(s.seconds for s in streams),
-           "data": {**data_info, "stream_words": sum(len(s.keywords()) for s in streams),
-                    "speech_events": sum(len(s.placements) - len(s.keywords()) for s in streams),
-                    "noise_only": sum(len(s.noise_only) for s in streams),
-                    "noise_only_seconds": sum(b - a for s in streams for a, b in s.noise_only)},
-           "streams": [{"seed": s.seed, "seconds": s.seconds, "keywords": len(s.keywords()),
-                        "other_speech": len(s.placements) - len(s.keywords()), "noise_only": s.noise_only,
-                        "noise_segments": s.noise_segments,
-                        "placements": [asdict(p) for p in s.placements]} for s in streams],
-           "results": results, "png": str(png), "wall_s": time.perf_counter() - t_start}
-    _plot(results, png, f"{args.bundle} on {res['seconds_audio'] / 60:.0f} min of streams (seeds {args.seed}.."
-                        f"{args.seed + args.streams - 1})")
-    atomic_write_json(RESULTS / f"streaming_{name}.json", res)
-    atomic_write_bytes(RESULTS / f"streaming_{name}.md", report(res).encode())
-    _log(f"wrote {RESULTS / f'streaming_{name}'}.json|md|png")
     return 0
 
 
