@@ -63,7 +63,7 @@ class SpeechHeadConfig:
     label_smoothing: float = 0.1
     shift: int = 1  # shift each sequence by up to this many embeddings (80 ms each), zero-filled
     feature_noise: float = 0.0
-    augment_copies: int = 1  # augmented re-recordings of each training clip, embedded as extra training data
+    augment_copies: int = 0  # re-recorded copies of each training clip, embedded as extra data (no gain measured)
     augment_seed: int = 0
     seed: int = 0
     threads: int | None = None
