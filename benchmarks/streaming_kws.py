@@ -31,6 +31,7 @@ Writes ``benchmarks/results/streaming_<name>.json|md|png``.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -615,9 +616,35 @@ def report(res: dict) -> str:
     return "\n".join(L)
 
 
+def merge(paths: Sequence[Path], name: str) -> int:
+    """One report from several runs' results files (same bundle, streams and settings; different models)."""
+    from edgekws.fileio import atomic_write_bytes, atomic_write_json
+
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    keys = ("graph", "keywords", "tolerance_s", "seconds_audio")
+    for p, other in zip(paths[1:], parts[1:]):
+        if any(other[k] != first[k] for k in keys) or other["streams"] != first["streams"] \
+                or other["args"]["bundle"] != first["args"]["bundle"]:
+            raise SystemExit(f"{p} was measured on other streams, settings or bundle than {paths[0]}")
+    results = {k: v for part in parts for k, v in part["results"].items()}
+    order = sorted(results, key=lambda k: results[k].get("labels_per_class", 0))
+    png = RESULTS / f"streaming_{name}.png"
+    res = {**first, "results": {k: results[k] for k in order}, "png": str(png),
+           "wall_s": sum(p["wall_s"] for p in parts), "merged_from": [str(p) for p in paths],
+           "machine": {**first["machine"], "load_average_start": [p["machine"]["load_average_start"] for p in parts]}}
+    a = first["args"]
+    _plot(res["results"], png, f"{a['bundle']} on {res['seconds_audio'] / 60:.0f} min of streams (seeds {a['seed']}.."
+                               f"{a['seed'] + a['streams'] - 1})")
+    atomic_write_json(RESULTS / f"streaming_{name}.json", res)
+    atomic_write_bytes(RESULTS / f"streaming_{name}.md", report(res).encode())
+    _log(f"wrote {RESULTS / f'streaming_{name}'}.json|md|png from {len(parts)} runs")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--bundle", type=Path, required=True)
+    ap.add_argument("--bundle", type=Path, default=None)
     ap.add_argument("--gsc", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "gsc-dev")
     ap.add_argument("--public-key", type=Path, default=None)
     ap.add_argument("--embedded-key", action="store_true")
@@ -637,7 +664,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--other-speech", type=int, default=120, help="synthetic non-keyword utterances to draw from")
     ap.add_argument("--name", default=None, help="results/streaming_<name>.* (default: the bundle's parent folder)")
     ap.add_argument("--save-wav", type=Path, default=None, help="also write stream 0 as a WAV here")
+    ap.add_argument("--no-bundle", action="store_true", help="only the fine-tuned variants (runs split over "
+                    "processes; join them with --merge)")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="join the results files of runs on the same streams into streaming_<name>.*")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.name or "merged")
+    if args.bundle is None:
+        ap.error("--bundle is required")
 
     from edgekws.bench import describe_machine
     from edgekws.fileio import atomic_write_bytes, atomic_write_json
@@ -704,8 +739,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         atomic_write_bytes(RESULTS / f"streaming_{name}.md", report(res).encode())
         _log(f"wrote {RESULTS / f'streaming_{name}'}.json|md|png ({len(results)} model(s))")
 
-    run("bundle", base, {"labels_per_class": 0})
-    write()
+    if not args.no_bundle:
+        run("bundle", base, {"labels_per_class": 0})
+        write()
     for n in [int(v) for v in args.finetune.split(",") if v.strip()]:
         with tempfile.TemporaryDirectory(prefix="stream-ft-") as st:
             rep = finetune_variant(args.bundle, args.public_key, args.embedded_key, pool, n, args.seed, Path(st),
