@@ -187,6 +187,7 @@ def test_mc_predict_full_passes_when_dropout_is_in_backbone():
         ("resnet18-w0.5", 2_000_000, 3_500_000),
         ("resnet18-w0.25", 400_000, 1_000_000),
         ("dscnn", 20_000, 40_000),
+        ("se-head", 200, 1_000),  # linear over pooled frozen embeddings: (2 x 10 + 1) x classes + 2 x 10
     ],
 )
 def test_param_counts(name, low, high):
