@@ -33,17 +33,18 @@ class SpeechEmbeddingHead(KWSModel):
     channels : int
         width of the temporal convolutions; ``embedding_dim = 2 * channels`` (mean and max pooled).
     blocks : int
-        number of temporal conv blocks (0: mean/max of the normalised input embeddings, ``embedding_dim = 2 D``).
+        number of temporal conv blocks (0, the default: mean/max of the normalised input embeddings,
+        ``embedding_dim = 2 D``; convolutions fitted synthetic voices better and real ones worse).
     kernel : int
         odd kernel length along time.
     dropout : float
-        dropout before the classifier.
+        dropout before the classifier (heavy by default: it helps most when the training voices are synthetic).
     """
 
     arch = "se-head"
 
-    def __init__(self, n_classes: int, input_shape: Sequence[int] = (96, 9), channels: int = 96, blocks: int = 2,
-                 kernel: int = 3, dropout: float = 0.3):
+    def __init__(self, n_classes: int, input_shape: Sequence[int] = (96, 9), channels: int = 96, blocks: int = 0,
+                 kernel: int = 3, dropout: float = 0.7):
         super().__init__(n_classes, input_shape)
         if int(kernel) < 1 or int(kernel) % 2 == 0:
             raise ValueError(f"kernel must be a positive odd number, got {kernel}")
