@@ -324,8 +324,8 @@ def test_training_step_reduces_loss(name):
     for pname, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
     assert model.classifier.weight.grad.abs().sum() > 0
-    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert first_conv.weight.grad.abs().sum() > 0
+    first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)))  # se-head: its input norm
+    assert first.weight.grad.abs().sum() > 0
     opt.step()
     loss1 = nn.functional.cross_entropy(model(x), y)
     assert loss1.item() < loss0.item()
