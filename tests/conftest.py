@@ -12,6 +12,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     ~/.config."""
     monkeypatch.setenv("EDGEKWS_CACHE", str(tmp_path_factory.getbasetemp() / "edgekws-cache"))
     monkeypatch.setenv("EDGEKWS_HOME", str(tmp_path_factory.getbasetemp() / "edgekws-home"))
+    monkeypatch.setenv("EDGEKWS_OFFLINE", "1")  # a real dataset without --data-dir must never be downloaded here
 
 
 @pytest.fixture

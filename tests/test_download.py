@@ -89,7 +89,8 @@ class _Server:
 
 
 @pytest.fixture
-def server():
+def server(monkeypatch):
+    monkeypatch.delenv("EDGEKWS_OFFLINE")  # these tests download, from 127.0.0.1 only
     s = _Server()
     yield s
     s.close()
@@ -211,6 +212,17 @@ def test_archive_placed_by_hand_is_used(server, tmp_path):
     (tmp_path / "downloads" / src.filename).write_bytes(data)
     root = fetch_dataset("gsc", tmp_path, source=src)
     assert (root / "yes").is_dir() and server.requests == []
+
+
+def test_offline_refuses_to_download_and_says_what_to_do(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKWS_OFFLINE", "1")
+    src = _source(server, _gsc_archive())
+    with pytest.raises(DownloadError, match="switched off.*--data-dir"):
+        fetch_dataset("gsc", tmp_path, source=src)
+    assert server.requests == []
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / src.filename).write_bytes(server.files["/archive.tar.gz"])
+    assert (fetch_dataset("gsc", tmp_path, source=src) / "yes").is_dir()  # an archive put there by hand is used
 
 
 def test_archive_without_the_dataset_installs_nothing(server, tmp_path):

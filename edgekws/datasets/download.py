@@ -377,7 +377,8 @@ def fetch_dataset(name: str, cache_dir: str | os.PathLike | None = None, *, prog
     """Make dataset ``name`` (``gsc``, ``esc50``/``esc10``, ``us8k``) available in the cache; return its root.
 
     Nothing is downloaded when the cache already holds it. An archive placed by hand at
-    ``<cache>/downloads/<filename>`` is checked and used instead of downloading. ``source`` overrides the
+    ``<cache>/downloads/<filename>`` is checked and used instead of downloading. With ``$EDGEKWS_OFFLINE`` set
+    (not ``0``), a dataset that would have to be downloaded is refused with the by-hand instructions. ``source`` overrides the
     address (a mirror). The archive is deleted after a successful unpack unless ``keep_archive``.
     """
     key = ALIASES.get(name, name)
@@ -400,6 +401,9 @@ def fetch_dataset(name: str, cache_dir: str | os.PathLike | None = None, *, prog
                 archive.unlink()
                 raise DownloadError(f"{archive}: {want[0]} is {digests[want[0]]}, expected {want[1]}; the file was "
                                     "removed. Run the command again to download it afresh")
+        elif os.environ.get("EDGEKWS_OFFLINE", "").strip() not in ("", "0"):
+            raise DownloadError(f"{source.filename} is not in the cache and downloads are switched off "
+                                "(EDGEKWS_OFFLINE is set)")
         else:
             digests = download_file(source.url, archive, checksum=source.checksum, size=source.size,
                                     progress=progress, retries=retries, backoff_s=backoff_s, timeout=timeout,
