@@ -204,8 +204,18 @@ def train_speech_head(x: np.ndarray, y: np.ndarray, xv: np.ndarray | None, yv: n
     """Train a head on ``(N, 96, T)`` embedding sequences with integer labels; keep the best validation epoch
     (the last epoch without a validation set). AdamW, one-cycle schedule, label smoothing, random shifts."""
     cfg = cfg or SpeechHeadConfig()
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    threads_before = torch.get_num_threads()
+    # a head of a few thousand weights gains nothing from more threads, and on a busy CPU their synchronisation
+    # costs more than the work (measured: minutes instead of seconds)
+    torch.set_num_threads(int(cfg.threads or 1))
+    try:
+        return _train(x, y, xv, yv, n_classes, cfg, progress)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(x: np.ndarray, y: np.ndarray, xv: np.ndarray | None, yv: np.ndarray | None, n_classes: int,
+           cfg: SpeechHeadConfig, progress: Progress | None) -> HeadResult:
     t0 = time.perf_counter()
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int64)
