@@ -11,6 +11,7 @@ graph (first format at ``precision``); an export that does not fit is refused.
 ``speech-embedding`` (a frozen pretrained speech front end, :mod:`edgekws.speech_embedding`, with the small
 trainable ``embedding_model`` on top and a coreset in the embedding space). ``edgekws distill --backbone`` overrides
 it; a target without the front end's graphs installed falls back to ``mfcc-cnn`` and says so.
+
 Torch-free: the device reads targets too.
 """
 
