@@ -59,7 +59,8 @@ def evaluate_coreset(
     why = coreset_mismatch(coreset, prepared.class_names, prepared.feature_cfg)
     if why:
         raise ValueError(f"{why}; evaluate on the dataset and split the coreset was distilled from")
-    per_class = int(np.bincount(coreset.hard_labels, minlength=coreset.n_classes).max())
+    # the class each row was drawn for (a teacher's soft labels may put a row's argmax elsewhere)
+    per_class = int(np.bincount(coreset.init_labels, minlength=coreset.n_classes).max())
     _, xtr, ytr = prepared.subset("train")
     _, xv, yv = prepared.subset("val")
     _, xt, yt = prepared.subset("test")

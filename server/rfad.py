@@ -564,6 +564,9 @@ class Coreset:
         if version > CORESET_VERSION:
             raise ValueError(f"{path}: coreset format version {version} is newer than this edgekws understands "
                              f"({CORESET_VERSION}); upgrade edgekws")
+        if "frontend" in meta:
+            raise ValueError(f"{path}: an embedding-space coreset (speech-embedding backbone), not an MFCC coreset; "
+                             "this step needs one made with `edgekws distill --backbone mfcc-cnn`")
         try:
             return cls(
                 x=arrays["x"], y=arrays["y"], init_labels=arrays["init_labels"],

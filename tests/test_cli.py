@@ -153,8 +153,8 @@ def test_distill_speech_embedding_backbone_ships_the_front_end_and_checks_a_real
 def test_evaluate_compares_coreset_with_random_real(tmp_path):
     out = tmp_path / "run"
     base = ["--keywords", "yes,no,stop", "--synthetic-per-class", "16"]
-    res = runner.invoke(app, ["distill", *base, "--per-class", "3", "--steps", "2", "--n-models", "1",
-                              "--pool-size", "1", "--width", "8", "--epochs", "1", "--out", str(out)])
+    res = runner.invoke(app, ["distill", *base, "--backbone", "mfcc-cnn", "--per-class", "3", "--steps", "2",
+                              "--n-models", "1", "--pool-size", "1", "--width", "8", "--epochs", "1", "--out", str(out)])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["evaluate", "--coreset", str(out / "coreset.npz"), "--model", "dscnn", *base,
                               "--seeds", "0,1", "--epochs", "1", "--full-data-epochs", "1",

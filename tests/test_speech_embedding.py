@@ -126,6 +126,10 @@ def test_embedding_coreset_round_trip_and_device_reader(tmp_path):
     assert back.class_names == ("a", "b", "_nothing_") and back.frontend == FrontendConfig()
     xd, _, classes, _ = read_coreset(p)
     assert xd.shape == (6, 96, 9) and classes == ("a", "b", "_nothing_")
+    from edgekws.server.rfad import Coreset
+
+    with pytest.raises(ValueError, match="embedding-space coreset .*--backbone mfcc-cnn"):
+        Coreset.load(p)  # the MFCC reader (evaluate, experiments) names what it was given
     with pytest.raises(ValueError, match="coreset inputs"):
         EmbeddingCoreset(x=x[:, :50], y=y, class_names=("a", "b", "c"), feature_config=FeatureConfig(),
                          config=SelectionConfig(), frontend=FrontendConfig())
