@@ -65,6 +65,11 @@ class AugmentConfig:
     frame_shift: int = 0  # roll each feature map by up to this many frames, zero-filling what enters
     feature_noise: float = 0.0  # add N(0, s^2) to the normalised features
     cutmix: float = 0.0  # probability that a batch splices a random time span from another clip of the batch
+    # waveform-like steps on features, taken on each row's log-mel spectrum (see _SpectralAugmenter):
+    spec_gain_db: float = 0.0  # level change of up to +-this many dB
+    spec_noise_prob: float = 0.0  # share of rows that get background noise (mel power) at snr_db
+    spec_warp: float = 0.0  # stretch or squeeze the mel axis by up to this fraction (vocal-tract length)
+    spec_stretch: float = 0.0  # speak faster or slower: resample the time axis by up to this fraction
 
 
 @dataclass
@@ -184,6 +189,138 @@ def _spec_augment(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator) -> 
             else:
                 x.masked_fill_(m.unsqueeze(1), 0.0)
     return x
+
+
+class _SpectralAugmenter:
+    """What waveform augmentation does to a clip, done on its normalised MFCC ``(B, n_mfcc, T)``.
+
+    A coreset holds features, not audio, so time shift, gain, background noise, speaking rate and vocal-tract
+    length cannot be applied to waveforms. They can be applied to the log-mel spectrum the MFCC came from: undo
+    the normalisation, invert the orthonormal DCT (exact when ``n_mfcc == n_mels``; otherwise the cepstrally
+    smoothed spectrum), then per row
+
+    * add a gain of ``U(-g, g)`` dB,
+    * warp the mel axis by a factor in ``[1 - w, 1 + w]`` (formants move as with another speaker),
+    * resample the time axis by a factor in ``[1 - s, 1 + s]`` about the clip's centre (speaking rate), filling
+      frames that enter with the row's quietest level,
+    * add background noise in the power domain: mel power frames of the noise recordings at an SNR drawn from
+      ``snr_db`` relative to the row's mean power,
+
+    and go back through the DCT and the normalisation. All draws come from the trainer's seeded generator.
+    """
+
+    def __init__(self, feature_cfg: FeatureConfig, aug: AugmentConfig, noise: list[np.ndarray], gen: torch.Generator):
+        from edgekws.features import dct_matrix, mel_filterbank, power_frames
+
+        if feature_cfg.normalization == "global" and not feature_cfg.is_fitted:
+            raise ValueError("spectral augmentation needs fitted normalisation statistics")
+        self.cfg, self.aug, self.gen = feature_cfg, aug, gen
+        self.dct = torch.from_numpy(np.array(dct_matrix(feature_cfg.n_mels, feature_cfg.n_mfcc), dtype=np.float32))
+        self.noise_mel: torch.Tensor | None = None
+        if aug.spec_noise_prob > 0 and noise:
+            fb = mel_filterbank(feature_cfg.sample_rate, feature_cfg.n_fft, feature_cfg.n_mels, feature_cfg.fmin,
+                                feature_cfg.fmax).astype(np.float32)
+            banks = []
+            for rec in noise:
+                rec = np.asarray(rec, dtype=np.float32)[: feature_cfg.sample_rate * 60]  # a minute of each is plenty
+                if len(rec) < feature_cfg.clip_samples:
+                    continue
+                frames = _frames_of(rec, feature_cfg)
+                mel = power_frames(frames, feature_cfg) @ fb.T  # (n_frames, n_mels)
+                mel = mel / (mel.mean() + 1e-20)  # unit mean power: the SNR sets the level
+                banks.append(torch.from_numpy(np.ascontiguousarray(mel.T, dtype=np.float32)))
+            self.noise_mel = banks or None
+
+    def to_logmel(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised MFCC ``(B, n_mfcc, T)`` -> log-mel spectra in dB ``(B, n_mels, T)``."""
+        c = self.cfg
+        if c.normalization == "global":
+            x = x * torch.tensor(c.std, dtype=x.dtype)[:, None] + torch.tensor(c.mean, dtype=x.dtype)[:, None]
+        return torch.einsum("km,bkt->bmt", self.dct, x)
+
+    def from_logmel(self, logmel: torch.Tensor) -> torch.Tensor:
+        """Log-mel spectra in dB ``(B, n_mels, T)`` -> normalised MFCC ``(B, n_mfcc, T)``."""
+        c = self.cfg
+        x = torch.einsum("km,bmt->bkt", self.dct, logmel)
+        if c.normalization == "global":
+            x = (x - torch.tensor(c.mean, dtype=x.dtype)[:, None]) / torch.tensor(c.std, dtype=x.dtype)[:, None]
+        elif c.normalization == "utterance":
+            x = (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-5)
+        return x
+
+    @staticmethod
+    def resample(logmel: torch.Tensor, factors: torch.Tensor, axis: str) -> torch.Tensor:
+        """Read each row's spectrum at ``factor`` times its positions (linear interpolation).
+
+        ``axis="time"``: about the clip's centre; frames read from outside the clip get the row's quietest level
+        (a factor above 1 makes the sound shorter, as faster speech). ``axis="mel"``: from the bottom band;
+        positions above the top band read the top band (a factor above 1 moves energy down the mel scale, as
+        a longer vocal tract).
+        """
+        b, n_mel, n_t = logmel.shape
+        dim = 2 if axis == "time" else 1
+        size = logmel.shape[dim]
+        centre = (size - 1) / 2.0 if axis == "time" else 0.0
+        pos = centre + (torch.arange(size, dtype=logmel.dtype)[None, :] - centre) * factors.to(logmel.dtype)[:, None]
+        lo = pos.floor().clamp(0, size - 1)
+        frac = (pos - lo).clamp(0, 1)
+        hi = (lo + 1).clamp(max=size - 1)
+        if axis == "time":
+            idx_lo = lo.long()[:, None, :].expand(b, n_mel, n_t)
+            idx_hi = hi.long()[:, None, :].expand(b, n_mel, n_t)
+            out = torch.gather(logmel, 2, idx_lo) * (1 - frac[:, None, :]) + torch.gather(logmel, 2, idx_hi) * frac[:, None, :]
+            inside = ((pos >= 0) & (pos <= size - 1)).to(logmel.dtype)[:, None, :]
+            floor = logmel.amin(dim=(1, 2), keepdim=True)
+            return out * inside + floor * (1 - inside)
+        idx_lo = lo.long()[:, :, None].expand(b, n_mel, n_t)
+        idx_hi = hi.long()[:, :, None].expand(b, n_mel, n_t)
+        return torch.gather(logmel, 1, idx_lo) * (1 - frac[:, :, None]) + torch.gather(logmel, 1, idx_hi) * frac[:, :, None]
+
+    def add_noise(self, logmel: torch.Tensor, noise_power: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
+        """Add mel power spectra ``noise_power`` ``(B, n_mels, T)`` (unit mean) at ``snr_db`` ``(B,)`` relative to
+        each row's mean power; in dB in and out."""
+        power = torch.pow(10.0, logmel.double() / 10.0)
+        scale = power.mean(dim=(1, 2)) * torch.pow(10.0, -snr_db.double() / 10.0)
+        power = power + noise_power.double() * scale[:, None, None]
+        return (10.0 * torch.log10(power.clamp_min(self.cfg.amin))).to(logmel.dtype)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        a, g = self.aug, self.gen
+        b = x.shape[0]
+        lm = self.to_logmel(x.float())
+        if a.spec_warp > 0:
+            lm = self.resample(lm, 1.0 + a.spec_warp * (2 * torch.rand(b, generator=g) - 1), "mel")
+        if a.spec_stretch > 0:
+            lm = self.resample(lm, 1.0 + a.spec_stretch * (2 * torch.rand(b, generator=g) - 1), "time")
+        if a.spec_gain_db > 0:
+            lm = lm + (a.spec_gain_db * (2 * torch.rand(b, generator=g) - 1))[:, None, None]
+        if self.noise_mel is not None and a.spec_noise_prob > 0:
+            rows = torch.nonzero(torch.rand(b, generator=g) < a.spec_noise_prob).flatten()
+            if len(rows):
+                n_t = lm.shape[2]
+                segs = []
+                for _ in range(len(rows)):
+                    bank = self.noise_mel[int(torch.randint(len(self.noise_mel), (1,), generator=g))]
+                    start = int(torch.randint(0, bank.shape[1] - n_t + 1, (1,), generator=g))
+                    segs.append(bank[:, start : start + n_t])
+                lo, hi = a.snr_db
+                snr = lo + (hi - lo) * torch.rand(len(rows), generator=g, dtype=torch.float64)
+                lm = lm.clone()
+                lm[rows] = self.add_noise(lm[rows], torch.stack(segs), snr)
+        return self.from_logmel(lm).to(x.dtype)
+
+    @property
+    def active(self) -> bool:
+        a = self.aug
+        return a.spec_gain_db > 0 or a.spec_warp > 0 or a.spec_stretch > 0 or (
+            a.spec_noise_prob > 0 and self.noise_mel is not None)
+
+
+def _frames_of(y: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Analysis frames ``(n_frames, win_length)`` of one recording (the features' framing)."""
+    n = 1 + (len(y) - cfg.win_length) // cfg.hop_length
+    idx = np.arange(cfg.win_length)[None, :] + cfg.hop_length * np.arange(n)[:, None]
+    return y[idx]
 
 
 def _shift_frames(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -419,9 +556,12 @@ def train_model(
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
 
-    model = create_model(cfg.model, n_classes, feature_cfg.shape, **cfg.model_kwargs).to(device)
+    # channels-last convolutions and pooling run ~1.4x faster on CPU (training) and ~2x (evaluation); the
+    # returned nets are put back into the default layout
+    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    model = create_model(cfg.model, n_classes, feature_cfg.shape, **cfg.model_kwargs).to(device, memory_format=layout)
     if teacher is not None:
-        teacher = teacher.to(device).eval()
+        teacher = teacher.to(device, memory_format=layout).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
         if not cfg.kd_temperature > 0:
@@ -432,7 +572,11 @@ def train_model(
     steps = max(math.ceil(n / bs), cfg.min_steps_per_epoch)
     sched = _make_scheduler(opt, cfg, steps)
     aug = cfg.augment
-    wave_aug = _WaveAugmenter(aug, feature_cfg.sample_rate, noise if noise is not None else synthetic_noise_bank(feature_cfg.sample_rate), rng) if inputs == "waveform" else None
+    noise_bank = noise if noise is not None else synthetic_noise_bank(feature_cfg.sample_rate)
+    wave_aug = _WaveAugmenter(aug, feature_cfg.sample_rate, noise_bank, rng) if inputs == "waveform" else None
+    spec_aug = _SpectralAugmenter(feature_cfg, aug, noise_bank, gen) if inputs == "features" and aug.enabled else None
+    if spec_aug is not None and not spec_aug.active:
+        spec_aug = None
 
     history: list[dict[str, float]] = []
     best_state, best_acc, best_epoch, start_epoch, bad_epochs = None, -1.0, -1, 0, 0
@@ -468,6 +612,8 @@ def train_model(
             yt = torch.from_numpy(y_train[idx]).to(device)
             mixes: list[tuple[torch.Tensor, float]] = []  # (partner rows, share kept) of each mixing step
             if aug.enabled:
+                if spec_aug is not None:
+                    xt = spec_aug(xt)
                 if aug.frame_shift > 0:
                     xt = _shift_frames(xt, aug.frame_shift, gen)
                 if aug.feature_noise > 0:
@@ -531,5 +677,7 @@ def train_model(
         model.load_state_dict(best_state)
     else:
         best_epoch = len(history) - 1
-    model.eval()
+    model.to(memory_format=torch.contiguous_format).eval()
+    if teacher is not None:
+        teacher.to(memory_format=torch.contiguous_format)
     return TrainResult(model, history, best_epoch, best_acc, time.perf_counter() - t0, stopped)

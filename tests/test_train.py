@@ -105,3 +105,67 @@ def test_mixup_mixes_pairs_and_still_learns(loss):
     assert mixed.history[-1]["train_loss"] > plain.history[-1]["train_loss"]
     restored = TrainConfig.from_dict(TrainConfig(augment=AugmentConfig(mixup=0.4)).to_dict())
     assert restored.augment.mixup == 0.4
+
+
+def _spectral(cfg, **aug):
+    from edgekws.server.train import _SpectralAugmenter
+
+    return _SpectralAugmenter(cfg, AugmentConfig(**aug), [], torch.Generator().manual_seed(0))
+
+
+def test_spectral_augmentation_acts_like_the_same_change_to_the_audio():
+    full = FeatureConfig(clip_seconds=0.5)  # n_mfcc == n_mels: the DCT is inverted exactly
+    w, _ = tone_set()
+    cfg = fit_normalization(mfcc(w, full, normalize_output=False), full)
+    x = torch.from_numpy(mfcc(w[:6], cfg))
+    aug = _spectral(cfg)
+    torch.testing.assert_close(aug.from_logmel(aug.to_logmel(x)), x, atol=1e-3, rtol=0)
+    # a gain of g dB on the log-mel spectrum is the MFCC of the audio scaled by 10^(g/20)
+    louder = torch.from_numpy(mfcc(w[:6] * 10 ** (6 / 20), cfg))
+    torch.testing.assert_close(aug.from_logmel(aug.to_logmel(x) + 6.0), louder, atol=2e-3, rtol=0)
+    # noise added as mel power: close to mixing the audio with the same noise (here at 0 dB SNR)
+    rng = np.random.default_rng(3)
+    noise = rng.standard_normal(w[:6].shape).astype(np.float32)
+    noise *= np.sqrt((w[:6] ** 2).mean(1, keepdims=True) / (noise**2).mean(1, keepdims=True))
+    clean = aug.to_logmel(x)
+    noise_power = torch.pow(10.0, aug.to_logmel(torch.from_numpy(mfcc(noise, cfg))) / 10.0)
+    snr = 10 * torch.log10(torch.pow(10.0, clean / 10.0).mean(dim=(1, 2)) / noise_power.mean(dim=(1, 2)))
+    est = aug.add_noise(clean, noise_power / noise_power.mean(dim=(1, 2), keepdim=True), snr)
+    got = aug.to_logmel(torch.from_numpy(mfcc(w[:6] + noise, cfg)))
+    # powers add up to the cross terms of each frame: within 2 dB on average, far below the change noise makes
+    assert (est - got).abs().mean() < 2.0 < (clean - got).abs().mean()
+
+
+def test_spectral_resampling_moves_energy_and_keeps_identity():
+    from edgekws.server.train import _SpectralAugmenter
+
+    lm = torch.full((1, 40, 48), -60.0)
+    lm[0, 20, 20:28] = 0.0  # one band, eight frames
+    same = _SpectralAugmenter.resample(lm, torch.ones(1), "time")
+    torch.testing.assert_close(same, lm)
+    torch.testing.assert_close(_SpectralAugmenter.resample(lm, torch.ones(1), "mel"), lm)
+    faster = _SpectralAugmenter.resample(lm, torch.tensor([1.5]), "time")
+    slower = _SpectralAugmenter.resample(lm, torch.tensor([0.5]), "time")
+    loud = lambda t: int((t[0, 20] > -30).sum())  # noqa: E731
+    assert loud(faster) < 8 < loud(slower)  # faster speech is shorter, slower is longer
+    lower = _SpectralAugmenter.resample(lm, torch.tensor([1.25]), "mel")
+    assert int(lower[0, :, 24].argmax()) == 16  # band 20 read at 1.25x its position: appears at band 16
+
+
+def test_spectral_augmentation_is_seeded_and_used_in_training():
+    w, y, xv, yv, cfg = _prepared()
+    x = torch.from_numpy(mfcc(w[:8], cfg))
+    kw = dict(spec_gain_db=6.0, spec_warp=0.1, spec_stretch=0.1, spec_noise_prob=1.0)
+    from edgekws.server.train import _SpectralAugmenter
+
+    def run(seed):
+        a = _SpectralAugmenter(cfg, AugmentConfig(**kw), [np.random.default_rng(0).standard_normal(16000)],
+                               torch.Generator().manual_seed(seed))
+        return a(x)
+
+    torch.testing.assert_close(run(1), run(1))
+    assert not torch.allclose(run(1), run(2)) and not torch.allclose(run(1), x)
+    res = train_model(mfcc(w, cfg), y, xv, yv, cfg, 3,
+                      TrainConfig(**{**SMALL, "min_steps_per_epoch": 10}, augment=AugmentConfig(**kw)),
+                      inputs="features")
+    assert res.best_val_accuracy >= 0.9
