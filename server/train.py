@@ -574,7 +574,9 @@ def train_model(
     aug = cfg.augment
     noise_bank = noise if noise is not None else synthetic_noise_bank(feature_cfg.sample_rate)
     wave_aug = _WaveAugmenter(aug, feature_cfg.sample_rate, noise_bank, rng) if inputs == "waveform" else None
-    spec_aug = _SpectralAugmenter(feature_cfg, aug, noise_bank, gen) if inputs == "features" and aug.enabled else None
+    spectral = aug.spec_gain_db > 0 or aug.spec_warp > 0 or aug.spec_stretch > 0 or aug.spec_noise_prob > 0
+    spec_aug = (_SpectralAugmenter(feature_cfg, aug, noise_bank, gen)
+                if inputs == "features" and aug.enabled and spectral else None)
     if spec_aug is not None and not spec_aug.active:
         spec_aug = None
 
