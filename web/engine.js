@@ -31,10 +31,10 @@ function concat(a, b) {
   return out;
 }
 
-async function run(ort, session, data, dims) {
+async function run(ort, session, data, dims, output = null) {
   const feeds = { [session.inputNames[0]]: new ort.Tensor("float32", data, dims) };
   const out = await session.run(feeds);
-  return out[session.outputNames[0]];
+  return out[output || session.outputNames[0]];
 }
 
 /** MFCC windows from frames computed in JavaScript (mfcc.js) or by the waveform-in graph. */
@@ -65,7 +65,8 @@ class MfccFrontEnd {
     const n = 1 + Math.floor((this.pending.length - win) / hop);
     if (n < this.hopLevelFrames) return [];
     const span = (n - 1) * hop + win;
-    const t = await run(this.ort, this.graph, this.pending.slice(0, span), [1, span]);
+    // mfcc_raw: frames before normalisation, which needs the whole window (done below, as for mfcc.js frames)
+    const t = await run(this.ort, this.graph, this.pending.slice(0, span), [1, span], "mfcc_raw");
     const F = t.dims[t.dims.length - 1];
     const out = [];
     for (let j = 0; j < F; j++) {
