@@ -69,7 +69,7 @@ def print_tls_help(files, url_path: str, port: int) -> None:
         host = f"[{a}]" if ":" in a else a
         console.print(escape(f"  on a phone on the same network: https://{host}:{port}{url_path}"), highlight=False)
     console.print(escape("  the browser warns about the certificate until the phone trusts the CA: install "
-                         f"https://<address>:{port}/demo/ca.pem (see the README, 'Try it on a phone')"),
+                         f"https://<address>:{port}/demo/ca.crt (see the README, 'Try it on a phone')"),
                   highlight=False)
 
 

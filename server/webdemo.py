@@ -19,7 +19,7 @@ HTTP routes (all under ``/demo``)::
     GET /demo/assets/{file}            the page's own files
     GET /demo/ort/{version}/{file}     onnxruntime-web (brotli or gzip when the browser accepts it)
     GET /demo/sw.js                    the service worker (offline use after the first visit)
-    GET /demo/ca.pem                   the certificate authority to install on a phone (self-signed TLS only)
+    GET /demo/ca.crt                   the certificate authority to install on a phone (self-signed TLS only)
 
 The plan's temperature is the one ``listen`` uses: :meth:`DeviceModel.fit_temperature` on the bundle's coreset,
 for the same graph (ONNX at the precision ``listen --format onnx`` picks). The server computes it once per bundle.
@@ -498,12 +498,13 @@ def add_demo_routes(app: Any, source: BundleSource, cfg: DemoConfig | None = Non
         except DemoError as exc:
             return error(exc)
 
-    @app.get("/demo/ca.pem", include_in_schema=False)
+    @app.get("/demo/ca.crt", include_in_schema=False)
     def demo_ca(request: Request) -> Response:
         if cfg.ca_cert is None or not Path(cfg.ca_cert).is_file():
             return error(DemoError("this server does not use a self-signed certificate"))
-        return send_file(Path(cfg.ca_cert), request, extra={
-            "Content-Disposition": 'attachment; filename="edgekws-local-ca.pem"'})
+        # the type and name phones offer to install as a certificate (PEM content, as Android and iOS accept)
+        return send(Path(cfg.ca_cert).read_bytes(), "application/x-x509-ca-cert", request, extra={
+            "Content-Disposition": 'attachment; filename="edgekws-local-ca.crt"'})
 
     @app.get("/demo/assets/{name}", include_in_schema=False)
     def demo_asset(name: str, request: Request) -> Response:

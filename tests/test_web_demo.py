@@ -412,7 +412,7 @@ def test_demo_routes_plan_files_assets_and_headers(tmp_path):
         st, h, js = _get(f"{srv.url}/demo/assets/detector.js", {"Accept-Encoding": "gzip"})
         assert st == 200 and h["Content-Encoding"] == "gzip"
         assert _get(f"{srv.url}/demo/assets/build.mjs")[0] == 404 and _get(f"{srv.url}/demo/sw.js")[0] == 200
-        assert _get(f"{srv.url}/demo/ca.pem")[0] == 404  # plain HTTP on loopback: no certificate of ours
+        assert _get(f"{srv.url}/demo/ca.crt")[0] == 404  # plain HTTP on loopback: no certificate of ours
         st, h, _ = _get(f"{srv.url}/demo/assets/detector.js", {"If-None-Match": h["ETag"], "Accept-Encoding": "gzip"})
         assert st == 304
 
@@ -484,15 +484,17 @@ def test_self_signed_tls_covers_the_hosts_renews_for_new_ones_and_serves_https(t
     again = ensure_local_tls(["10.1.2.3"], tmp_path / "tls")
     assert again.created and again.ca_sha256 == t.ca_sha256  # a new certificate, the same CA
 
-    from fastapi import FastAPI
+    from edgekws.server.webdemo import DemoConfig, LocalBundleSource, create_demo_app
 
-    app = FastAPI()
-    app.get("/ping")(lambda: {"ok": True})
+    b, pub = _signed_bundle(tmp_path)
+    app = create_demo_app(LocalBundleSource(b, pub), DemoConfig(ca_cert=again.ca))
     with DemoServer(app, tls=(str(again.cert), str(again.key))) as srv:
         assert srv.url.startswith("https://")
         ctx = ssl.create_default_context(cafile=str(again.ca))
-        st, _, body = _get(srv.url.replace("127.0.0.1", "localhost") + "/ping", context=ctx)
-        assert st == 200 and json.loads(body) == {"ok": True}
+        st, h, body = _get(srv.url.replace("127.0.0.1", "localhost") + "/demo/ca.crt", context=ctx)
+        assert st == 200 and body == again.ca.read_bytes() and h["Content-Type"] == "application/x-x509-ca-cert"
+        with pytest.raises(urllib.error.URLError):  # a client that does not trust the CA refuses the server
+            urllib.request.urlopen(srv.url + "/demo/ca.crt", timeout=10, context=ssl.create_default_context())
 
 
 @needs_runtime

@@ -2,8 +2,8 @@
 // onnxruntime-web, then listen to the microphone (or a WAV file) and show what `edgekws listen` shows: the input
 // level, the top scores and the detections with their time stamps (seconds of audio since the start).
 //
-// Query parameters: channel=stable|beta (registry), autostart=1 (open the microphone at once; a browser may still
-// ask for a tap), features=js|graph (MFCC bundles: frames from mfcc.js or from the bundle's waveform-in graph),
+// Query parameters: channel=stable|beta (registry), autostart=1 (open the microphone at once, while the bundle
+// loads; a browser may still ask for a tap), features=js|graph (MFCC bundles: frames from mfcc.js or from the bundle's waveform-in graph),
 // threads=N (onnxruntime-web threads; more than one needs a cross-origin-isolated page, which this server sets up).
 //
 // window.edgekwsDemo exposes the page's state (phase, error, detections, per-hop times) to tests and benchmarks.
@@ -30,6 +30,7 @@ const state = {
   updates: 0,
   processedSeconds: 0,
   hopMs: [],
+  hopClassifierMs: [],
   timeline: { opened: performance.timeOrigin, ready: null, listening: null, firstDetection: null },
   source: null,
 };
@@ -47,6 +48,7 @@ function refuse(message, byServer = false) {
   state.phase = "refused";
   state.error = message;
   engine = null;
+  dropCapture();
   $("phase").textContent = "This bundle was refused; nothing runs.";
   const box = $("refused");
   box.hidden = false;
@@ -57,6 +59,8 @@ function refuse(message, byServer = false) {
 function fail(message) {
   state.phase = "error";
   state.error = message;
+  engine = null;
+  dropCapture();
   $("phase").textContent = "The demo could not start.";
   const box = $("refused");
   box.hidden = false;
@@ -80,6 +84,8 @@ async function fetchBytes(url) {
 
 async function load() {
   $("target").textContent = `· ${boot.target}`;
+  // autostart: the microphone opens while the bundle loads; its audio waits in the queue for the model
+  if (params.get("autostart") === "1") startMic();
   if ("serviceWorker" in navigator) {
     navigator.serviceWorker.register(boot.sw, { scope: boot.scope }).catch(() => {
       /* no offline use (e.g. an untrusted certificate): the page still works online */
@@ -152,6 +158,8 @@ async function load() {
   try {
     engine = await createEngine({ ort, manifest, files, plan: { ...plan, features: state.features } });
     state.sessions = 1 + (manifest.frontend ? 2 : state.features === "graph" ? 1 : 0);
+    state.hopMs = engine.hopMs; // live: the engine appends one entry per hop
+    state.hopClassifierMs = engine.hopClassifierMs;
   } catch (e) {
     return fail(`cannot start the model: ${e.message}`);
   }
@@ -161,7 +169,14 @@ async function load() {
   $("wav").disabled = false;
   cacheForOffline(bundle, state.files.map((f) => f.name));
   renderTiming();
-  if (params.get("autostart") === "1") startMic();
+  if (capture) {
+    if (!capture.starting) {
+      setPhase("listening", listeningText());
+      $("start").disabled = true;
+      $("stop").disabled = false;
+    }
+    pump();
+  }
 }
 
 /** Keep what this visit fetched in the service worker's cache, so the next visit works offline. */
@@ -182,69 +197,87 @@ async function cacheForOffline(bundle, names) {
 // Audio in ----------------------------------------------------------------------------------------------------
 
 let queue = [];
-let pumping = false;
+let draining = null;
 
-async function pump(resampler) {
-  if (pumping) return;
-  pumping = true;
-  try {
-    while (queue.length && engine) {
-      const block = queue.shift();
-      const y = resampler ? resampler.push(block) : block;
-      if (!y.length) continue;
-      const ups = await engine.feed(y);
-      state.processedSeconds = engine.samplesSeen / MODEL_RATE;
-      for (const u of ups) show(u);
-    }
-  } finally {
-    pumping = false;
+/** Feed the queued blocks to the engine, one at a time and in order; each block carries its resampler (null:
+ * already 16 kHz). Blocks wait while the model is still loading. Resolves once the queue is empty. */
+function pump() {
+  if (!draining) {
+    draining = (async () => {
+      while (queue.length && engine) {
+        const { block, resampler } = queue.shift();
+        const y = resampler ? resampler.push(block) : block;
+        if (!y.length) continue;
+        const ups = await engine.feed(y);
+        state.processedSeconds = engine.samplesSeen / MODEL_RATE;
+        for (const u of ups) show(u);
+      }
+    })().catch((e) => fail(`processing stopped: ${e.message}`)).finally(() => {
+      draining = null;
+    });
   }
+  return draining;
+}
+
+function listeningText() {
+  return `Listening (microphone at ${capture.ctx.sampleRate} Hz, resampled to 16 kHz)…`;
 }
 
 async function startMic() {
-  if (!engine || capture) return;
+  if (capture || state.phase === "refused" || state.phase === "error") return;
+  capture = { starting: true };
   try {
     // everything that takes time comes before the microphone opens: the first samples it delivers are kept
     const ctx = new AudioContext();
+    const resampler = new Resampler(ctx.sampleRate, MODEL_RATE);
+    Object.assign(capture, { ctx, resampler });
     await ctx.audioWorklet.addModule(`${boot.assets}capture-worklet.js`);
     const node = new AudioWorkletNode(ctx, "edgekws-capture");
     const mute = ctx.createGain();
     mute.gain.value = 0;
     node.connect(mute).connect(ctx.destination);
-    const resampler = new Resampler(ctx.sampleRate, MODEL_RATE);
     node.port.onmessage = (e) => {
-      queue.push(e.data);
-      pump(resampler);
+      queue.push({ block: e.data, resampler });
+      pump();
     };
     const resumed = ctx.resume();
-    let stream;
-    try {
-      stream = await navigator.mediaDevices.getUserMedia({
-        audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
-      });
-    } catch (e) {
-      await ctx.close();
-      throw e;
+    const stream = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
+    });
+    if (!capture || capture.ctx !== ctx) { // refused or stopped meanwhile
+      stream.getTracks().forEach((t) => t.stop());
+      return;
     }
     ctx.createMediaStreamSource(stream).connect(node);
     await resumed;
-    capture = { ctx, stream, node };
+    Object.assign(capture, { stream, node, starting: false });
     state.source = { kind: "microphone", rate: ctx.sampleRate };
     state.timeline.listening = performance.now();
-    setPhase("listening", `Listening (microphone at ${ctx.sampleRate} Hz, resampled to 16 kHz)…`);
-    $("start").disabled = true;
-    $("stop").disabled = false;
+    if (engine) {
+      setPhase("listening", listeningText());
+      $("start").disabled = true;
+      $("stop").disabled = false;
+    }
   } catch (e) {
-    fail(`cannot open the microphone: ${e.message}`);
+    dropCapture();
+    if (state.phase !== "refused") fail(`cannot open the microphone: ${e.message}`);
   }
+}
+
+/** Close the microphone and forget its audio (a refused bundle, an error, or Stop). */
+function dropCapture() {
+  const c = capture;
+  capture = null;
+  queue = [];
+  if (!c) return;
+  if (c.node) c.node.port.onmessage = null;
+  if (c.stream) c.stream.getTracks().forEach((t) => t.stop());
+  if (c.ctx) c.ctx.close().catch(() => {});
 }
 
 async function stopMic() {
   if (!capture) return;
-  capture.node.port.onmessage = null;
-  capture.stream.getTracks().forEach((t) => t.stop());
-  await capture.ctx.close();
-  capture = null;
+  dropCapture();
   setPhase("ready", "Stopped.");
   $("start").disabled = false;
   $("stop").disabled = true;
@@ -252,6 +285,7 @@ async function stopMic() {
 
 async function runFile(file) {
   if (!engine) return;
+  await stopMic();
   setPhase("listening", `Running ${file.name}…`);
   // decoding at 16 kHz: a 16 kHz file reaches the model sample for sample, others are resampled by the browser
   const ctx = new OfflineAudioContext(1, 1, MODEL_RATE);
@@ -265,11 +299,11 @@ async function runFile(file) {
   state.source = { kind: "file", name: file.name, seconds: n / MODEL_RATE };
   const block = 1600;
   for (let i = 0; i < n; i += block) {
-    queue.push(y.subarray(i, Math.min(n, i + block)));
-    if (queue.length > 4) await pump(null);
+    queue.push({ block: y.subarray(i, Math.min(n, i + block)), resampler: null });
+    if (queue.length > 4) await pump();
     if ((i / block) % 20 === 0) await new Promise((r) => setTimeout(r, 0));
   }
-  await pump(null);
+  await pump();
   renderTiming();
   state.fileDone = true;
   setPhase("ready", `Ran ${file.name} (${(n / MODEL_RATE).toFixed(1)} s).`);
@@ -316,7 +350,6 @@ function show(u) {
 
 function renderTiming() {
   if (!engine) return;
-  state.hopMs = engine.hopMs;
   const h = [...engine.hopMs].sort((a, b) => a - b);
   const q = (p) => (h.length ? h[Math.min(h.length - 1, Math.floor(p * h.length))].toFixed(2) : "–");
   const fe = engine.frontend;

@@ -202,6 +202,7 @@ export class Engine {
     });
     this.samplesSeen = 0;
     this.hopMs = []; // processing time of each hop: front end since the last window + classifier + rule
+    this.hopClassifierMs = []; // ... of which the classifier and the rule
     this.busy = 0;
   }
 
@@ -215,10 +216,12 @@ export class Engine {
     this.samplesSeen += samples.length;
     let t0 = performance.now();
     await this.frontend.push(samples, (db) => this.rule.addLevel(db), async (x, start, end) => {
+      const tc = performance.now();
       const logits = await run(this.ort, this.classifier, x, this.frontend.inputDims);
       const upd = this.rule.decide(logits.data, start, end);
       upd.logits = Float32Array.from(logits.data);
       const t1 = performance.now();
+      this.hopClassifierMs.push(t1 - tc);
       this.hopMs.push(this.busy + (t1 - t0));
       this.busy = 0;
       t0 = t1;
