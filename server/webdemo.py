@@ -53,7 +53,7 @@ __all__ = [
     "create_demo_app",
     "demo_config",
     "find_web_dir",
-    "page_weight",
+    "page_assets",
     "runtime_assets",
 ]
 
@@ -143,24 +143,9 @@ def runtime_assets(web: Path) -> dict[str, Any]:
     return data
 
 
-def _page_assets(web: Path) -> list[str]:
+def page_assets(web: Path) -> list[str]:
+    """The page's own files served under /demo/assets/ (its scripts and style sheet)."""
     return sorted(p.name for p in web.iterdir() if p.suffix in (".js", ".css") and p.name != "sw.js" and p.is_file())
-
-
-def page_weight(web: Path) -> dict[str, Any]:
-    """Bytes the page itself costs, apart from the bundle: its own files (raw and gzip) and onnxruntime-web (raw,
-    brotli, gzip)."""
-    own = {}
-    for name in ["index.html", "sw.js", *_page_assets(web)]:
-        raw = (web / name).read_bytes()
-        own[name] = {"size": len(raw), "gz": len(gzip.compress(raw, 9, mtime=0))}
-    ort = runtime_assets(web)
-    total = {k: sum(v[k] for v in own.values()) for k in ("size", "gz")}
-    total_ort = {k: sum(v[k] for v in ort["files"].values()) for k in ("size", "br", "gz")}
-    return {"page": own, "runtime": ort, "total": {
-        "raw": total["size"] + total_ort["size"],
-        "compressed": total["gz"] + total_ort["br"],  # what a browser accepting br (all, over HTTPS) downloads
-        "gzip_only": total["gz"] + total_ort["gz"]}}
 
 
 # Where bundles come from ---------------------------------------------------------------------------------------
@@ -472,7 +457,7 @@ def add_demo_routes(app: Any, source: BundleSource, cfg: DemoConfig | None = Non
         w = web()
         ort = runtime_assets(w)
         ort_base = f"/demo/ort/{ort['version']}/"
-        assets = _page_assets(w)
+        assets = page_assets(w)
         stamp = hashlib.sha256("".join(f"{n}:{(w / n).stat().st_mtime_ns}" for n in assets).encode()).hexdigest()[:8]
         return {"target": target, "channel": channel, "base": "/demo", "assets": "/demo/assets/", "ort": ort_base,
                 "sw": f"/demo/sw.js?cache=edgekws-demo-{stamp}", "scope": "/demo/", "cache": f"edgekws-demo-{stamp}",
@@ -510,7 +495,7 @@ def add_demo_routes(app: Any, source: BundleSource, cfg: DemoConfig | None = Non
     def demo_asset(name: str, request: Request) -> Response:
         try:
             w = web()
-            if name not in _page_assets(w):
+            if name not in page_assets(w):
                 raise DemoError(f"no asset {name!r}")
             return send_file(w / name, request)
         except DemoError as exc:

@@ -13,7 +13,7 @@
 // same detections on the same audio.
 
 import { DetectorRule } from "./detector.js";
-import { FeatureConfig, StreamingMfcc, normalizeWindow } from "./mfcc.js";
+import { FeatureConfig, StreamingMfcc, normalizeWindow, pyRound } from "./mfcc.js";
 
 const f32 = Math.fround;
 
@@ -42,7 +42,7 @@ class MfccFrontEnd {
   constructor(fc, hopMs, { ort = null, graph = null } = {}) {
     this.kind = "mfcc";
     this.fc = fc;
-    this.hopLevelFrames = Math.max(1, Math.round(hopMs / fc.hop_ms));
+    this.hopLevelFrames = Math.max(1, pyRound(hopMs / fc.hop_ms)); // runtime.py: max(1, round(hop_ms / hop))
     this.levelFrameMs = fc.hop_ms;
     this.windowLevelFrames = fc.nFrames;
     this.windowSeconds = fc.clipSamples / fc.sample_rate;
