@@ -58,13 +58,17 @@ def resolve_tls(host: str, tls: Optional[bool], cert: Optional[Path], key: Optio
     return (str(files.cert), str(files.key)), files
 
 
-def print_tls_help(files, url_path: str, port: int) -> None:
+def print_tls_help(files, url_path: str, port: int, host: str) -> None:
     """How to open the page on a phone (printed by ``demo`` and ``server serve`` with a self-signed certificate)."""
     from edgekws.server.tls import lan_addresses
 
     made = "made" if files.created else "reused"
     console.print(f"HTTPS with a self-signed certificate ({made}: {files.cert}); its certificate authority is "
-                  f"{files.ca} (SHA-256 {files.ca_sha256[:32]}…)", highlight=False)
+                  f"{files.ca} (SHA-256 {files.ca_sha256[:32]}…; Python clients such as deploy trust it with "
+                  f"SSL_CERT_FILE={files.ca})", highlight=False)
+    if _loopback(host):
+        console.print(f"  listening on {host} only: a phone cannot reach it (use --host 0.0.0.0)", highlight=False)
+        return
     for a in lan_addresses() or ["<this machine's address>"]:
         host = f"[{a}]" if ":" in a else a
         console.print(escape(f"  on a phone on the same network: https://{host}:{port}{url_path}"), highlight=False)
@@ -146,7 +150,7 @@ def demo(
                   f"against {signer}; classifier {plan['classifier']}, temperature {plan['temperature']:.3g}",
                   highlight=False)
     if files is not None:
-        print_tls_help(files, f"/demo/{target}", sock.getsockname()[1])
+        print_tls_help(files, f"/demo/{target}", sock.getsockname()[1], host)
     elif not _loopback(host):
         console.print("[yellow]plain HTTP beyond this machine: a phone's browser will not give the page the "
                       "microphone; use --tls or --tls-cert/--tls-key[/]")

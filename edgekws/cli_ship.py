@@ -103,7 +103,7 @@ def serve_cmd(
         console.print(f"bundle registry on {url}  (root {root}, publish token from {source}; Ctrl-C stops); "
                       f"try a release in a browser: {url}/demo/<target>?channel=stable")
         if tls_files is not None:
-            print_tls_help(tls_files, "/demo/<target>", int(url.rsplit(":", 1)[1]))
+            print_tls_help(tls_files, "/demo/<target>", int(url.rsplit(":", 1)[1]), host)
         sys.stdout.write(f"{url}\n")
         sys.stdout.flush()
 
