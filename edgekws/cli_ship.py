@@ -36,6 +36,9 @@ def register(app: typer.Typer) -> None:
     """Add ``server``, ``deploy`` and the updater's commands to the main app (``device`` group when present)."""
     app.add_typer(server_app, name="server")
     app.command("deploy")(deploy)
+    from edgekws.cli_demo import demo
+
+    app.command("demo")(demo)
     try:
         from edgekws.cli_device import device_app
     except ImportError:  # pragma: no cover - the device commands ship with edgekws; keep ours reachable anyway
@@ -65,8 +68,13 @@ def serve_cmd(
                                             help="accept check-ins from devices that were not enrolled (anyone who "
                                                  "reaches the server can then report any unenrolled device)"),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level (info logs every request)"),
+    tls: bool = typer.Option(False, "--tls", help="HTTPS with a self-signed certificate made on first run (a phone "
+                             "needs HTTPS for the microphone on /demo)"),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="certificate chain (PEM) to serve HTTPS with"),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="its private key (PEM)"),
 ) -> None:
-    """Serve the bundle registry: publish (token), list, show, download (ETag/Range), channels, device check-ins."""
+    """Serve the bundle registry: publish (token), list, show, download (ETag/Range), channels, device check-ins,
+    and /demo/<target>: a channel's bundle running in the browser."""
     from edgekws.bundle import default_key_dir
     from edgekws.server.registry import RegistryConfig, resolve_server_token, serve
 
@@ -82,13 +90,25 @@ def serve_cmd(
     except (OSError, ValueError) as exc:
         _fail(str(exc))
 
+    from edgekws.cli_demo import print_tls_help, resolve_tls
+    from edgekws.server.webdemo import DemoConfig
+
+    served_tls, tls_files = resolve_tls(host, tls, tls_cert, tls_key)
+    if tls_files is not None:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, demo=DemoConfig(ca_cert=tls_files.ca))
+
     def ready(url: str) -> None:
-        console.print(f"bundle registry on {url}  (root {root}, publish token from {source}; Ctrl-C stops)")
+        console.print(f"bundle registry on {url}  (root {root}, publish token from {source}; Ctrl-C stops); "
+                      f"try a release in a browser: {url}/demo/<target>?channel=stable")
+        if tls_files is not None:
+            print_tls_help(tls_files, "/demo/<target>", int(url.rsplit(":", 1)[1]), host)
         sys.stdout.write(f"{url}\n")
         sys.stdout.flush()
 
     try:
-        serve(cfg, host=host, port=port, log_level=log_level, on_ready=ready)
+        serve(cfg, host=host, port=port, log_level=log_level, on_ready=ready, tls=served_tls)
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port} ({exc})")
 

@@ -7,6 +7,10 @@ activations on coreset or real features, ``dynamic`` needs no data), how many fe
 threads the device gives inference, and its memory budgets. ``model_budget_kb`` bounds the size of the primary
 graph (first format at ``precision``); an export that does not fit is refused.
 
+``waveform_graph``: an MFCC bundle also carries ``frontend_mfcc.onnx``, a graph from audio samples to the
+classifier's input (:mod:`edgekws.export.mfcc_graph`), so an app (or the browser demo) can run the bundle with no
+DSP code of its own; ``phone`` bundles carry it.
+
 ``backbone`` picks what the server trains: ``mfcc-cnn`` (``model`` on MFCC, distilled into an RFAD coreset) or
 ``speech-embedding`` (a frozen pretrained speech front end, :mod:`edgekws.speech_embedding`, with the small
 trainable ``embedding_model`` on top and a coreset in the embedding space). ``edgekws distill --backbone`` overrides
@@ -49,6 +53,7 @@ class Target:
     backbone: str = "mfcc-cnn"
     embedding_model: str = "se-head"
     embedding_model_kwargs: dict[str, Any] = field(default_factory=dict)
+    waveform_graph: bool = False
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -98,6 +103,7 @@ TARGETS: dict[str, Target] = {
             threads=2,
             memory_budget_kb=200 * 1024,
             backbone="speech-embedding",
+            waveform_graph=True,
         ),
         Target(
             name="mcu",

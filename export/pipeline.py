@@ -33,6 +33,7 @@ from edgekws.bundle import (
 from edgekws.features import FeatureConfig
 from edgekws.targets import Target, get_target
 
+from .mfcc_graph import MFCC_GRAPH_FILE, mfcc_graph_entry, mfcc_graph_parity, write_mfcc_graph
 from .onnx import DEFAULT_OPSET, export_onnx
 from .parity import compare, graph_outputs, torch_outputs
 from .quantize import quantize_onnx
@@ -103,6 +104,18 @@ def _frontend_files(frontend: dict[str, Any]) -> tuple[dict[str, Path], dict[str
              "source": f"{DISTRIBUTION} {DISTRIBUTION_VERSION} (Apache-2.0): openWakeWord's ONNX conversion of "
                        "Google's speech_embedding and its mel-spectrogram front end"}
     return files, entry
+
+
+def _waveform_graph(fcfg: FeatureConfig, tmp: Path) -> tuple[Path, dict[str, Any]]:
+    """The waveform-in MFCC graph and its manifest entry; refused when it does not reproduce numpy's MFCC."""
+    path = write_mfcc_graph(fcfg, tmp / MFCC_GRAPH_FILE)
+    parity = mfcc_graph_parity(path, fcfg)
+    if not parity["ok"]:
+        raise ValueError(f"{MFCC_GRAPH_FILE} does not reproduce edgekws.features.mfcc: max |difference| "
+                         f"{parity['max_abs_diff']:.3g} normalised, {parity['max_abs_diff_raw']:.3g} before "
+                         "normalisation")
+    parity["size_bytes"] = path.stat().st_size
+    return path, mfcc_graph_entry(parity)
 
 
 def _versions() -> dict[str, str]:
@@ -288,6 +301,12 @@ def export_bundle(
         if frontend:
             fe_files, extra_manifest["frontend"] = _frontend_files(frontend)
             files.update(fe_files)
+        elif tgt.waveform_graph:
+            files[MFCC_GRAPH_FILE], extra_manifest["mfcc_graph"] = _waveform_graph(fcfg, tmp)
+            gp = extra_manifest["mfcc_graph"]["parity"]
+            notes.append(f"{MFCC_GRAPH_FILE}: audio in, the classifier's MFCC out ({gp['size_bytes'] / 1024:.0f} KB; "
+                         f"max |difference| from edgekws.features {gp['max_abs_diff']:.2g} of a normalised "
+                         "coefficient)")
         if core is not None:
             if core_path is None:
                 core_path = core.save(tmp / CORESET)

@@ -24,6 +24,8 @@ HTTP API (JSON unless stated; every refusal is a 4xx with ``{"detail": "<what is
     POST /v1/devices/{device_id}/token                enrol a device: a new device token (token; replaces the old one)
     DELETE /v1/devices/{device_id}/token              withdraw a device's token (token)
     GET  /v1/devices                                  the last check-in of every device (token)
+    GET  /demo/{target}[?channel=stable]              the channel's bundle running in the browser (web demo:
+                                                      :mod:`edgekws.server.webdemo`)
 
 Channels are per target: publishing bundle B (target ``rpi``) to ``stable`` makes B the newest ``rpi``/``stable``
 release; promoting or rolling a channel back is a ``PUT`` of another stored id. Reads need no token (bundles are
@@ -140,6 +142,7 @@ class RegistryConfig:
     max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES
     max_json_bytes: int = 16 * 1024
     anonymous_checkins: bool = False
+    demo: Any = None  # webdemo.DemoConfig for /demo (None: defaults)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
@@ -824,6 +827,9 @@ def create_app(cfg: RegistryConfig) -> Any:
                              "enrolled": bool(r["enrolled"])}
                             for r in rows]}
 
+    from .webdemo import RegistryBundleSource, add_demo_routes
+
+    add_demo_routes(app, RegistryBundleSource(store, list(cfg.trusted_keys), cfg.root), cfg.demo)
     return app
 
 
@@ -878,26 +884,33 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _url(sock: socket.socket) -> str:
+def _url(sock: socket.socket, tls: bool = False) -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def _uvicorn_server(cfg: RegistryConfig, log_level: str) -> Any:
+def _uvicorn_server_for(app: Any, log_level: str, tls: tuple[str, str] | None = None) -> Any:
     import uvicorn
 
-    ucfg = uvicorn.Config(create_app(cfg), log_level=log_level, access_log=log_level == "debug",
-                          timeout_keep_alive=5, lifespan="off")
+    ssl = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
+    ucfg = uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug",
+                          timeout_keep_alive=5, lifespan="off", **ssl)
     return uvicorn.Server(ucfg)
 
 
+def _uvicorn_server(cfg: RegistryConfig, log_level: str, tls: tuple[str, str] | None = None) -> Any:
+    return _uvicorn_server_for(create_app(cfg), log_level, tls)
+
+
 def serve(cfg: RegistryConfig, host: str = "127.0.0.1", port: int = 8710, *, log_level: str = "warning",
-          on_ready: Callable[[str], None] | None = None) -> None:
-    """Run the registry until interrupted. ``port=0`` picks a free port; ``on_ready(url)`` is called once bound."""
+          on_ready: Callable[[str], None] | None = None, tls: tuple[str, str] | None = None) -> None:
+    """Run the registry until interrupted. ``port=0`` picks a free port; ``on_ready(url)`` is called once bound.
+    ``tls``: ``(certfile, keyfile)`` serves HTTPS (a phone's browser needs it for the microphone on /demo)."""
     sock = _bind(host, port)
-    server = _uvicorn_server(cfg, log_level)
+    server = _uvicorn_server(cfg, log_level, tls)
     if on_ready is not None:
-        on_ready(_url(sock))
+        on_ready(_url(sock, tls=tls is not None))
     try:
         server.run(sockets=[sock])
     finally:
@@ -913,14 +926,15 @@ class RegistryServer:
     port: int = 0
     log_level: str = "warning"
     url: str = ""
+    tls: tuple[str, str] | None = None
     _server: Any = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     _sock: socket.socket | None = field(default=None, repr=False)
 
     def start(self, timeout: float = 20.0) -> "RegistryServer":
         self._sock = _bind(self.host, self.port)
-        self.url = _url(self._sock)
-        self._server = _uvicorn_server(self.config, self.log_level)
+        self.url = _url(self._sock, tls=self.tls is not None)
+        self._server = _uvicorn_server(self.config, self.log_level, self.tls)
         self._server.install_signal_handlers = lambda: None  # not the main thread
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name="edgekws-registry", daemon=True)
