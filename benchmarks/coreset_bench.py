@@ -8,6 +8,13 @@ For every dataset, net, size (samples per class) and seed it trains the finite n
                   for the *inputs* (distilled vs real);
 * ``random_ce``   the same random real clips with their hard labels and cross-entropy (a person's labels);
 * ``rfad_mse``    the RFAD inputs with their learned KRR labels, regression loss (``--labels rfad``);
+* ``tcoreset_kd``  RFAD with the teacher in the loop: the coreset's labels are the teacher's probabilities of its
+                  current inputs and KRR must reproduce the teacher's probabilities on the real clips (``distill(...,
+                  label_fn=...)``), then the teacher recipe;
+* ``kmedoids_kd`` real clips chosen by k-medoids in the teacher's embedding (the most representative clips of
+                  each class) with the teacher recipe: selection instead of synthesis;
+* ``random_kd_spec`` ``random_kd`` with the spectral augmentation (gain, noise, mel warp, speaking rate done on the
+                  log-mel spectrum, ``AugmentConfig.spec_*``) added to the views the teacher labels;
 * ``full``        the teacher itself: the same net trained on the whole training split (waveform augmentation).
 
 Every net trains until validation accuracy stops improving ("plateau" schedule: the learning rate is cut when
@@ -45,8 +52,22 @@ from edgekws.server.teacher import distillation_train_config, fit_temperature, t
 from edgekws.server.train import TrainConfig, evaluate, load_checkpoint, predict_logits, train_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("coreset_kd", "random_kd", "random_ce", "rfad_mse")
-STYLE = {"coreset_kd": "o-", "random_kd": "s--", "random_ce": "^:", "rfad_mse": "D-."}
+METHODS = ("coreset_kd", "random_kd", "random_ce", "rfad_mse", "tcoreset_kd", "kmedoids_kd", "random_kd_spec")
+STYLE = {"coreset_kd": "o-", "random_kd": "s--", "random_ce": "^:", "rfad_mse": "D-.", "tcoreset_kd": "P-", "kmedoids_kd": "v-",
+         "random_kd_spec": "x--"}
+SPECTRAL = dict(spec_gain_db=6.0, spec_noise_prob=0.5, spec_warp=0.08, spec_stretch=0.12)
+
+
+def kmedoids_selection(teacher: torch.nn.Module, x: np.ndarray, y: np.ndarray, per_class: int) -> np.ndarray:
+    """Row indices: ``per_class`` k-medoids per class in the teacher's (L2-normalised) penultimate space."""
+    from edgekws.server.speech_head import _kmedoids
+
+    teacher.eval()
+    with torch.no_grad():
+        z = torch.cat([teacher.embed(torch.from_numpy(np.ascontiguousarray(x[i:i + 512])))
+                       for i in range(0, len(x), 512)]).numpy()
+    z = z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-8)
+    return np.concatenate([np.flatnonzero(y == c)[_kmedoids(z[y == c], per_class)] for c in np.unique(y)])
 
 
 def rfad_config(per_class: int, seed: int, args: argparse.Namespace) -> RFADConfig:
@@ -146,6 +167,32 @@ def main() -> None:
             coresets[(pc, seed)] = Coreset.load(path)
         return coresets[(pc, seed)]
 
+    tcoresets: dict[tuple[int, int], Coreset] = {}
+
+    def tcoreset(pc: int, seed: int, net: torch.nn.Module, temp: float) -> Coreset:
+        """RFAD with the teacher labelling the moving coreset (cached like the plain coresets)."""
+        if (pc, seed) not in tcoresets:
+            path = runs / f"tcoreset_pc{pc}_s{seed}.npz"
+            if not path.is_file():
+                t0 = time.perf_counter()
+                net.eval()
+                for prm in net.parameters():
+                    prm.requires_grad_(False)
+
+                def label_fn(x: torch.Tensor) -> torch.Tensor:
+                    return torch.softmax(net(x) / temp, dim=1)
+
+                core = distill(xtr, ytr, xv, yv, prep.class_names, prep.feature_cfg, rfad_config(pc, seed, args),
+                               source_fingerprint=ds.fingerprint(), real_targets=teacher_soft_labels(net, xtr, temp),
+                               label_fn=label_fn, checkpoint_path=runs / f"trfad_pc{pc}_s{seed}.pt", resume=True)
+                core.labels, core.label_temperature = "teacher", temp
+                core.save(path)
+                print(f"distilled {pc}/class seed {seed} with the teacher in the loop in "
+                      f"{time.perf_counter() - t0:.0f} s: KRR val {100 * core.metrics['init_val_accuracy']:.1f} -> "
+                      f"{100 * core.metrics['val_accuracy']:.1f} %", flush=True)
+            tcoresets[(pc, seed)] = Coreset.load(path)
+        return tcoresets[(pc, seed)]
+
     methods = [m for m in args.methods.split(",") if m]
     if set(methods) - set(METHODS):
         ap.error(f"unknown methods {sorted(set(methods) - set(METHODS))}; choose from {METHODS}")
@@ -162,7 +209,7 @@ def main() -> None:
                     for method in methods:
                         if (model, pc, seed, method) in done:
                             continue
-                        kd = method.endswith("_kd")
+                        kd = "_kd" in method
                         tseed = seed if args.teacher_seed is None else args.teacher_seed
                         net, temp = teacher(tmodel, tseed) if kd else (None, 1.0)
                         xr, yr = random_real_coreset(xtr, ytr, pc, seed=seed, n_classes=c)
@@ -170,8 +217,16 @@ def main() -> None:
                                                         seed=seed, temperature=temp)
                         if method == "coreset_kd":
                             x, y = coreset(pc, seed).x, teacher_soft_labels(net, coreset(pc, seed).x, temp)
-                        elif method == "random_kd":
+                        elif method in ("random_kd", "random_kd_spec"):
                             x, y = xr, teacher_soft_labels(net, xr, temp)
+                            if method == "random_kd_spec":
+                                cfg.augment = dataclasses.replace(cfg.augment, **SPECTRAL)
+                        elif method == "tcoreset_kd":
+                            x = tcoreset(pc, seed, net, temp).x
+                            y = teacher_soft_labels(net, x, temp)
+                        elif method == "kmedoids_kd":
+                            x = xtr[kmedoids_selection(net, xtr, ytr, pc)]
+                            y = teacher_soft_labels(net, x, temp)
                         else:  # the small-set recipe with a person's or the kernel's labels: no teacher views
                             cfg.augment = dataclasses.replace(cfg.augment, cutmix=0.0, mixup=0.0)
                             if method == "random_ce":
@@ -182,14 +237,15 @@ def main() -> None:
                         cfg.threads = args.threads
                         t0 = time.perf_counter()
                         res = train_model(x, y, xv, yv, prep.feature_cfg, c, cfg, inputs="features",
-                                          teacher=net if kd else None)
+                                          teacher=net if kd else None, noise=prep.noise)
                         case = {"model": model, "per_class": pc, "seed": seed, "method": method,
                                 "teacher": tmodel if kd else None, "teacher_seed": tseed if kd else None,
+                                "teacher_temperature": temp if kd else None,
                                 "test_accuracy": 100 * evaluate(res.model, xt, yt, c)["accuracy"],
                                 "val_accuracy": 100 * res.best_val_accuracy, "epochs_run": len(res.history),
                                 "best_epoch": res.best_epoch, "train_seconds": time.perf_counter() - t0}
-                        if method in ("coreset_kd", "rfad_mse"):
-                            m = coreset(pc, seed).metrics
+                        if method in ("coreset_kd", "rfad_mse", "tcoreset_kd"):
+                            m = (tcoreset(pc, seed, net, temp) if method == "tcoreset_kd" else coreset(pc, seed)).metrics
                             case.update(krr_val_init=m["init_val_accuracy"], krr_val=m["val_accuracy"],
                                         distill_steps=m["steps"], distill_seconds=m["seconds"])
                         record(case)
@@ -230,7 +286,8 @@ def write_report(name: str, args: argparse.Namespace, ds, prep, cases: list[dict
     rows = _summary(cases)
     env = run_environment()
     sp = {k: int(len(getattr(prep.split, k))) for k in ("train", "val", "test")}
-    krr = {(c["per_class"], c["seed"]): (c["krr_val_init"], c["krr_val"]) for c in cases if "krr_val" in c}
+    krr = {(c["per_class"], c["seed"]): (c["krr_val_init"], c["krr_val"]) for c in cases
+           if "krr_val" in c and c["method"] != "tcoreset_kd"}
     report = {"environment": env, "dataset": ds.name, "split": sp, "budget": args.budget,
               "max_epochs": args.max_epochs, "patience": args.patience, "summary": rows, "cases": cases}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -250,16 +307,21 @@ def write_report(name: str, args: argparse.Namespace, ds, prep, cases: list[dict
         f"small-set net trains until validation stops improving (plateau schedule, patience {args.patience} epochs "
         f"of 12 batches, at most {args.max_epochs}); `ep` is the mean number of epochs run. Test accuracy %, "
         f"mean ± std over seeds. Machine: {env['cpu']}, {env['cores']} cores, torch {env['torch']}.", "",
-        "| net | per class | coreset + teacher | random real + teacher | random real, hard labels (CE) | "
-        "coreset, RFAD labels (MSE) | full data | coreset / full | distilled − random inputs |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
+    names = {"coreset_kd": "RFAD coreset + teacher", "random_kd": "random real + teacher",
+             "random_ce": "random real, hard labels (CE)", "rfad_mse": "RFAD coreset, its labels (MSE)",
+             "tcoreset_kd": "RFAD with teacher in the loop + teacher",
+             "kmedoids_kd": "k-medoids real + teacher", "random_kd_spec": "random real + teacher, spectral aug."}
+    present = [m for m in METHODS if any(m in r for r in rows)]
+    lines += ["| net | per class | " + " | ".join(names[m] for m in present)
+              + " | full data (teacher) | coreset / full | random + teacher / full | distilled − random inputs |",
+              "|---|---|" + "---|" * (len(present) + 4)]
     for r in rows:
-        ratio = f"{r['ratio_coreset_kd']:.3f}" if "ratio_coreset_kd" in r else "–"
+        ratio = lambda m: f"{r[f'ratio_{m}']:.3f}" if f"ratio_{m}" in r else "–"  # noqa: E731
         gain = f"{r['gain_inputs']:+.2f}" if "gain_inputs" in r else "–"
         full = f"{r['full']['mean']:.2f} ± {r['full']['std']:.2f} ({r['full_model']})" if "full" in r else "–"
-        lines.append(f"| {r['model']} | {r['per_class']} | {cell(r, 'coreset_kd')} | {cell(r, 'random_kd')} | "
-                     f"{cell(r, 'random_ce')} | {cell(r, 'rfad_mse')} | {full} | {ratio} | {gain} |")
+        lines.append(f"| {r['model']} | {r['per_class']} | " + " | ".join(cell(r, m) for m in present)
+                     + f" | {full} | {ratio('coreset_kd')} | {ratio('random_kd')} | {gain} |")
     if krr:
         lines += ["", "KRR validation accuracy of the coresets (held-out random nets), initialisation -> distilled: "
                   + ", ".join(f"{pc}/class s{s}: {100 * a:.1f} -> {100 * b:.1f} %" for (pc, s), (a, b)

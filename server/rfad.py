@@ -785,6 +785,7 @@ def distill(
     *,
     source_fingerprint: str = "",
     real_targets: np.ndarray | None = None,
+    label_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
     progress: Progress | None = None,
@@ -803,6 +804,11 @@ def distill(
         real_targets: ``(N, C)`` what KRR on the coreset should predict for each training clip (e.g. a teacher's
             probabilities); default: the one-hot labels. The coreset's labels start from the targets of the clips
             it is initialised from.
+        label_fn: the coreset's labels as a differentiable function of its inputs, ``(M, H, W) -> (M, C)``
+            (e.g. a teacher's probabilities): each step labels the moving coreset with it and the loss reaches the
+            inputs through it too, so the coreset is one whose *labelled* points make KRR reproduce
+            ``real_targets``; learned labels are then off. Not stored in a checkpoint: pass the same function
+            when resuming.
         checkpoint_path: save the full state here every ``cfg.checkpoint_every`` steps and at the end (atomic
             writes: an interrupted run leaves the last checkpoint valid).
         resume: continue from ``checkpoint_path`` when it exists (same settings and data; ``steps`` and
@@ -851,10 +857,19 @@ def distill(
     else:
         x_c, y_c, log_tau = (state[k].to(device) for k in ("x", "y", "log_tau"))
     x_c.requires_grad_(True)
-    y_c.requires_grad_(cfg.learn_labels)
+    learn_labels = cfg.learn_labels and label_fn is None
+
+    def labelled(x: torch.Tensor) -> torch.Tensor:
+        """The coreset's labels for inputs ``x``: ``label_fn`` (with the same centring) or the free labels."""
+        return label_fn(x).to(y_c.dtype) - offset if label_fn is not None else y_c
+
+    if label_fn is not None:
+        with torch.no_grad():
+            y_c = labelled(x_c)
+    y_c.requires_grad_(learn_labels)
     log_tau.requires_grad_(cfg.loss == "platt")
     opt_x = torch.optim.Adam([x_c], lr=cfg.lr)
-    label_params = ([y_c] if cfg.learn_labels else []) + ([log_tau] if cfg.loss == "platt" else [])
+    label_params = ([y_c] if learn_labels else []) + ([log_tau] if cfg.loss == "platt" else [])
     opt_y = torch.optim.Adam(label_params, lr=cfg.label_lr) if label_params else None
     rng = np.random.default_rng([int(cfg.seed), 2])
 
@@ -920,12 +935,13 @@ def distill(
         def validate() -> float:
             with torch.no_grad():
                 fc = eval_nets.features_chunked(x_c.detach())
-                pred = kernel_ridge(_gram(fc, fc), _gram(val_feats, fc), y_c.detach(), cfg.reg)
+                pred = kernel_ridge(_gram(fc, fc), _gram(val_feats, fc), labelled(x_c.detach()).detach(), cfg.reg)
                 return float((pred.argmax(1) == y_val_t).double().mean())
 
         if step == 0 and init_acc is None:
             init_acc = validate()
-            best = {"acc": init_acc, "step": 0, "x": x_c.detach().cpu().clone(), "y": y_c.detach().cpu().clone(),
+            best = {"acc": init_acc, "step": 0, "x": x_c.detach().cpu().clone(),
+                    "y": labelled(x_c.detach()).detach().cpu().clone(),
                     "log_tau": log_tau.detach().cpu().clone()}
             history.append({"step": 0, "loss": None, "val_accuracy": init_acc})
         val_acc = history[-1]["val_accuracy"] if history else init_acc
@@ -936,7 +952,8 @@ def distill(
             opt_x.zero_grad(set_to_none=True)
             if opt_y is not None:
                 opt_y.zero_grad(set_to_none=True)
-            loss = objective.backward(x_c, y_c, log_tau, ids, bidx)
+            y_now = labelled(x_c) if label_fn is not None else y_c  # a teacher's labels carry x_c's graph
+            loss = objective.backward(x_c, y_now, log_tau, ids, bidx)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"RFAD loss became {loss} at step {step + 1}; lower lr or raise reg")
             opt_x.step()
@@ -952,7 +969,8 @@ def distill(
                 losses.clear()
                 if val_acc > best["acc"]:
                     best = {"acc": val_acc, "step": step, "x": x_c.detach().cpu().clone(),
-                            "y": y_c.detach().cpu().clone(), "log_tau": log_tau.detach().cpu().clone()}
+                            "y": labelled(x_c.detach()).detach().cpu().clone(),
+                            "log_tau": log_tau.detach().cpu().clone()}
                     bad_evals = 0
                 else:
                     bad_evals += 1

@@ -278,3 +278,35 @@ def test_config_round_trip_and_validation():
     xt, yt = toy(5, 0)
     with pytest.raises(ValueError, match="FeatureConfig"):
         distill(xt, yt, xt, yt, CLASSES, feature_cfg(8, 13), small_cfg())
+
+
+def test_labels_from_a_function_follow_the_inputs_and_the_loss_reaches_through_them():
+    """With ``label_fn`` (a teacher's probabilities) the coreset carries the labels the function gives its final
+    inputs, and the KRR loss against the teacher's targets on the real clips falls."""
+    torch.manual_seed(0)
+    xt, yt = toy(40, 10)
+    xv, yv = toy(20, 100)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8 * 12, 3))
+    with torch.no_grad():  # a linear teacher that knows the three class templates
+        means = np.stack([xt[yt == c].mean(0).ravel() for c in range(3)])
+        teacher[1].weight.copy_(torch.from_numpy(4 * means))
+        teacher[1].bias.zero_()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def label_fn(x):
+        return torch.softmax(teacher(x), dim=1)
+
+    cfg = small_cfg(per_class=2, steps=30)
+    targets = label_fn(torch.from_numpy(xt)).numpy()
+    core = distill(xt, yt, xv, yv, CLASSES, feature_cfg(8, 12), cfg, real_targets=targets, label_fn=label_fn)
+    np.testing.assert_allclose(core.y, label_fn(torch.from_numpy(core.x)).numpy(), atol=1e-6)
+    x0, _ = random_real_coreset(xt, yt, cfg.per_class, seed=cfg.seed)
+    pool = RandomConvNets.pool(cfg)
+    loss = lambda x: ((krr_predict(x, label_fn(torch.from_numpy(x)).numpy(), xt, cfg, nets=pool)  # noqa: E731
+                       - targets) ** 2).sum(1).mean()
+    assert loss(core.x) < 0.9 * loss(x0)
+    # the gradient through the labels is taken: a label function that ignores its input gives another coreset
+    frozen = distill(xt, yt, xv, yv, CLASSES, feature_cfg(8, 12), cfg, real_targets=targets,
+                     label_fn=lambda x: label_fn(x.detach()))
+    assert not np.allclose(frozen.x, core.x)
