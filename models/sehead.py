@@ -3,8 +3,11 @@
 Input ``(B, 1, D, T)``: ``T`` consecutive ``D``-dimensional embeddings from the frozen speech front end
 (:mod:`edgekws.speech_embedding`; ``D = 96``, ``T = 9`` for a 1 s clip), laid out like an MFCC image (feature x
 time). The embedding dimension becomes the channel axis: a per-dimension affine normalisation (BatchNorm), then
-``blocks`` temporal convolutions (kernel ``kernel`` along time, ``BatchNorm -> ReLU``), then the mean and the maximum
-over time are concatenated into the embedding (``2 * channels``), then dropout and the linear classifier.
+``blocks`` temporal convolutions (kernel ``kernel`` along time, ``BatchNorm -> ReLU``), then either the mean and the
+maximum over time are concatenated (``pool="meanmax"``, ``2 * channels``) or the whole sequence is flattened in
+time order (``pool="flatten"``, ``channels * T``: where in the window a sound lies stays visible, which tells a
+word alone from a word inside other speech); with ``hidden > 0`` a ReLU layer of that width follows (after
+``input_dropout``). That is the embedding; then dropout and the linear classifier.
 
 A few tens of thousands of parameters: it trains in seconds on a CPU and its int8 graph is a few tens of KB; the
 frozen front end does the heavy lifting.
@@ -39,17 +42,28 @@ class SpeechEmbeddingHead(KWSModel):
         odd kernel length along time.
     dropout : float
         dropout before the classifier (heavy by default: it helps most when the training voices are synthetic).
+    pool : str
+        ``"meanmax"`` (mean and max over time) or ``"flatten"`` (every time step; fixes ``T``).
+    hidden : int
+        width of a ReLU layer between the pooled features and the classifier (0: none).
+    input_dropout : float
+        dropout on the pooled features before the hidden layer (training only).
     """
 
     arch = "se-head"
 
     def __init__(self, n_classes: int, input_shape: Sequence[int] = (96, 9), channels: int = 96, blocks: int = 0,
-                 kernel: int = 3, dropout: float = 0.7):
+                 kernel: int = 3, dropout: float = 0.7, pool: str = "meanmax", hidden: int = 0,
+                 input_dropout: float = 0.0):
         super().__init__(n_classes, input_shape)
         if int(kernel) < 1 or int(kernel) % 2 == 0:
             raise ValueError(f"kernel must be a positive odd number, got {kernel}")
         if int(blocks) < 0 or int(channels) < 1:
             raise ValueError(f"blocks must be >= 0 and channels >= 1, got {blocks} and {channels}")
+        if pool not in ("meanmax", "flatten"):
+            raise ValueError(f"pool must be 'meanmax' or 'flatten', got {pool!r}")
+        if int(hidden) < 0 or not 0.0 <= float(input_dropout) < 1.0:
+            raise ValueError(f"hidden must be >= 0 and input_dropout in [0, 1), got {hidden} and {input_dropout}")
         d = self.input_shape[0]
         self.norm = nn.BatchNorm2d(d)
         layers: list[nn.Module] = []
@@ -59,9 +73,14 @@ class SpeechEmbeddingHead(KWSModel):
                        nn.BatchNorm2d(int(channels)), nn.ReLU(inplace=True)]
             c_in = int(channels)
         self.body = nn.Sequential(*layers)
-        self._finish(embedding_dim=2 * c_in, dropout=dropout,
-                     kwargs={"channels": int(channels), "blocks": int(blocks), "kernel": int(kernel),
-                             "dropout": float(dropout)})
+        self.pooling = pool
+        pooled = 2 * c_in if pool == "meanmax" else c_in * self.input_shape[1]
+        self.mlp = (nn.Sequential(nn.Dropout(float(input_dropout)), nn.Linear(pooled, int(hidden)), nn.ReLU())
+                    if int(hidden) else nn.Identity())
+        kwargs = {"channels": int(channels), "blocks": int(blocks), "kernel": int(kernel), "dropout": float(dropout)}
+        if pool != "meanmax" or hidden or input_dropout:  # configs of the original head stay as they were
+            kwargs.update(pool=pool, hidden=int(hidden), input_dropout=float(input_dropout))
+        self._finish(embedding_dim=int(hidden) or pooled, dropout=dropout, kwargs=kwargs)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, channels, 1, T)`` after the temporal convolutions."""
@@ -70,4 +89,10 @@ class SpeechEmbeddingHead(KWSModel):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         f = self.forward_features(x).flatten(2)  # (B, C, T)
-        return torch.cat([f.mean(dim=2), f.amax(dim=2)], dim=1)
+        if self.pooling == "flatten":
+            if f.shape[2] != self.input_shape[1]:
+                raise ValueError(f"a flattening head takes {self.input_shape[1]} embeddings, got {f.shape[2]}")
+            z = f.flatten(1)
+        else:
+            z = torch.cat([f.mean(dim=2), f.amax(dim=2)], dim=1)
+        return self.mlp(z)
