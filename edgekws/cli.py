@@ -76,7 +76,7 @@ def _progress(enabled: bool = True) -> Iterator[Any]:
 
         def on_event(ev: dict[str, Any]) -> None:
             kind = ev.get("event")
-            if kind in ("decode", "mfcc", "synthesise"):
+            if kind in ("decode", "mfcc", "synthesise", "embed", "training streams", "validation streams"):
                 prog.update(task(kind, ev["total"]), completed=ev["done"], total=ev["total"])
             elif kind == "stage":
                 stage["train"] = f"train {ev['stage']}"
@@ -205,6 +205,10 @@ def distill(
     check_dataset: Optional[str] = typer.Option(None, help="then report the shipped graph's accuracy on this real "
                                                            "labelled dataset (e.g. gsc)"),
     check_dir: Optional[Path] = typer.Option(None, help="folder of --check-dataset"),
+    streams: str = typer.Option("30,20", help="speech-embedding backbone, synthetic keywords: how many synthetic "
+                                              "streams train the head and how many (other voices) set its "
+                                              "temperature and detector threshold, e.g. 30,20; 0,0 for none"),
+    stream_seconds: float = typer.Option(60.0, min=5.0, help="length of each synthetic stream"),
 ) -> None:
     """Distil a dataset (the embedded synthetic keywords by default) into a coreset and train the target's model on it."""
     from edgekws.server.budgets import get_budget
@@ -232,9 +236,15 @@ def distill(
 
     chosen, why = resolve_backbone(backbone, tgt)
     if chosen == "speech-embedding":
+        try:
+            n_train, n_val = (int(v) for v in streams.split(","))
+            if n_train < 0 or n_val < 0:
+                raise ValueError
+        except ValueError:
+            _fail(f"--streams takes two counts, training and validation streams, e.g. 30,20; got {streams!r}")
         run_speech_distill(tgt, dataset=dataset, data_dir=data_dir, keywords=_keywords(keywords), per_class=per_class,
                            synthetic_per_class=synthetic_per_class, seed=seed, test_fold=test_fold, out=out, why=why,
-                           epochs=epochs)
+                           epochs=epochs, streams=(n_train, n_val, stream_seconds))
         _export_and_sign(out / "model.pt", tgt.name, out / "bundle", coreset=out / "coreset.npz", key=None)
         if check_dataset:
             report_check(out / "bundle", check_dataset, check_dir, out / "check.json")

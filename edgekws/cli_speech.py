@@ -40,10 +40,14 @@ def resolve_backbone(requested: str | None, tgt: Any) -> tuple[str, str]:
 
 def run_speech_distill(tgt: Any, *, dataset: str, data_dir: Path | None, keywords: tuple[str, ...] | None,
                        per_class: int, synthetic_per_class: int, seed: int, test_fold: str | None, out: Path,
-                       why: str, epochs: int | None = None) -> dict[str, Any]:
-    """Embed, train the head, choose the coreset, write ``out`` (see ``distill_speech_job``); print a summary."""
+                       why: str, epochs: int | None = None,
+                       streams: tuple[int, int, float] = (30, 20, 60.0)) -> dict[str, Any]:
+    """Embed, train the head (with ``streams`` = (training streams, validation streams, seconds each) of synthetic
+    speech when the dataset is the synthetic one), choose the coreset, write ``out`` (see ``distill_speech_job``);
+    print a summary."""
     from edgekws.cli import _fail, _load_dataset, _print_metrics, _progress, console
     from edgekws.server.speech_head import SpeechHeadConfig, distill_speech_job
+    from edgekws.server.speech_streams import StreamConfig
 
     t0 = time.perf_counter()
     cfg = SpeechHeadConfig(seed=seed, **({"epochs": epochs} if epochs else {}))
@@ -52,13 +56,21 @@ def run_speech_distill(tgt: Any, *, dataset: str, data_dir: Path | None, keyword
         try:
             metrics = distill_speech_job(ds, tgt.features.replace(clip_seconds=ds.clip_seconds), out,
                                          per_class=per_class, head_cfg=cfg, test_fold=test_fold, progress=on_event,
-                                         shipped_why=why)
+                                         shipped_why=why, streams=StreamConfig(train=streams[0], val=streams[1],
+                                                                         seconds=streams[2])
+                                         if dataset == "synthetic" and any(streams[:2]) else None)
         except ValueError as exc:
             _fail(str(exc))
     _print_metrics(metrics)
     c = metrics["coreset"]
     console.print(f"coreset: {c['size']} embedding sequences ({c['per_class']}/class), labels from the trained head "
                   f"(agree with the true class on {100 * c['teacher_agreement']:.1f}%)")
+    d = metrics.get("detector")
+    if d and d.get("threshold") is not None:
+        ch = d["chosen_on"]
+        console.print(f"detector: temperature {d['temperature']:g}, threshold {d['threshold']:g} (the lowest with at "
+                      f"most {ch['max_false_alarms_per_hour']:g} false alarms per hour on {ch['minutes']:g} min of "
+                      "synthetic validation streams)")
     console.print(f"shipped: {metrics['shipped']['net']} on the {metrics['shipped']['backbone']} backbone "
                   f"({metrics['shipped']['why']})")
     console.print(f"target {tgt.name}: wrote {out}/coreset.npz, model.pt, metrics.json in "

@@ -28,6 +28,12 @@ import torch
 import torch.nn.functional as F
 from edgekws.models import create_model
 from edgekws.server.rfad import Coreset
+from edgekws.server.speech_streams import (
+    StreamConfig,
+    calibrate_detector,
+    training_windows,
+    validation_streams,
+)
 
 from edgekws.datasets.base import Dataset, split_indices
 from edgekws.datasets.cache import atomic_save_npy, default_cache_dir, load_waveforms
@@ -53,9 +59,9 @@ class SpeechHeadConfig:
     """Head architecture, training recipe and the audio augmentation applied before embedding."""
 
     channels: int = 96
-    blocks: int = 0  # 0: linear over the mean and max of the normalised embeddings (best on real speech, README)
+    blocks: int = 0  # no temporal convolutions (they fitted the synthetic voices better, real ones worse: README)
     kernel: int = 3
-    dropout: float = 0.7  # heavy: real voices are far from the synthetic ones (chosen on real speech, README)
+    dropout: float = 0.25  # before the classifier
     epochs: int = 40
     batch_size: int = 64
     lr: float = 3e-3
@@ -68,9 +74,15 @@ class SpeechHeadConfig:
     seed: int = 0
     threads: int | None = None
     teacher_temperature: float = 2.0  # softmax temperature of the coreset's soft labels
+    pool: str = "flatten"  # every embedding in time order ("meanmax": their mean and max; see SpeechEmbeddingHead)
+    hidden: int = 128  # a ReLU layer of this width before the classifier (0: none)
+    input_dropout: float = 0.5  # heavy: real voices are far from the synthetic ones
 
     def model_kwargs(self) -> dict[str, Any]:
-        return {"channels": self.channels, "blocks": self.blocks, "kernel": self.kernel, "dropout": self.dropout}
+        kw = {"channels": self.channels, "blocks": self.blocks, "kernel": self.kernel, "dropout": self.dropout}
+        if self.pool != "meanmax" or self.hidden or self.input_dropout:
+            kw.update(pool=self.pool, hidden=self.hidden, input_dropout=self.input_dropout)
+        return kw
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -199,39 +211,73 @@ def head_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 1024) -> np.
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
+@dataclass
+class WindowPool:
+    """Extra training windows drawn afresh every epoch: up to ``positives`` of the keyword windows and
+    ``negatives`` of those labelled ``negative_class`` (a stream has far more of those than of keywords)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    negative_class: int
+    positives: int = 2500
+    negatives: int = 5000
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        neg = np.flatnonzero(self.y == self.negative_class)
+        pos = np.flatnonzero(self.y != self.negative_class)
+        pos = rng.choice(pos, size=min(len(pos), self.positives), replace=False) if len(pos) else pos
+        neg = rng.choice(neg, size=min(len(neg), self.negatives), replace=False) if len(neg) else neg
+        return np.sort(np.concatenate([pos, neg]))
+
+    def per_epoch(self) -> int:
+        n_neg = int(np.sum(self.y == self.negative_class))
+        return min(len(self.y) - n_neg, self.positives) + min(n_neg, self.negatives)
+
+
 def train_speech_head(x: np.ndarray, y: np.ndarray, xv: np.ndarray | None, yv: np.ndarray | None, n_classes: int,
-                      cfg: SpeechHeadConfig | None = None, progress: Progress | None = None) -> HeadResult:
-    """Train a head on ``(N, 96, T)`` embedding sequences with integer labels; keep the best validation epoch
-    (the last epoch without a validation set). AdamW, one-cycle schedule, label smoothing, random shifts."""
+                      cfg: SpeechHeadConfig | None = None, progress: Progress | None = None,
+                      pool: WindowPool | None = None) -> HeadResult:
+    """Train a head on ``(N, 96, T)`` embedding sequences with integer labels (plus, each epoch, windows drawn
+    from ``pool``); keep the best validation epoch (the last epoch without a validation set). AdamW, one-cycle
+    schedule, label smoothing, random shifts."""
     cfg = cfg or SpeechHeadConfig()
     threads_before = torch.get_num_threads()
     # a head of a few thousand weights gains nothing from more threads, and on a busy CPU their synchronisation
     # costs more than the work (measured: minutes instead of seconds)
     torch.set_num_threads(int(cfg.threads or 1))
     try:
-        return _train(x, y, xv, yv, n_classes, cfg, progress)
+        return _train(x, y, xv, yv, n_classes, cfg, progress, pool)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _train(x: np.ndarray, y: np.ndarray, xv: np.ndarray | None, yv: np.ndarray | None, n_classes: int,
-           cfg: SpeechHeadConfig, progress: Progress | None) -> HeadResult:
+           cfg: SpeechHeadConfig, progress: Progress | None, pool: WindowPool | None = None) -> HeadResult:
     t0 = time.perf_counter()
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int64)
     if x.ndim != 3 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"training inputs must be (N, D, T) with N labels, got {x.shape} and {y.shape}")
+    if pool is not None and (pool.x.shape[1:] != x.shape[1:] or len(pool.x) != len(pool.y)):
+        raise ValueError(f"extra windows {pool.x.shape} do not fit the training inputs {x.shape}")
+    rng = np.random.default_rng(int(cfg.seed))
     with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator: seeded, then restored
         torch.manual_seed(int(cfg.seed))
         gen = torch.Generator().manual_seed(int(cfg.seed))
         model = create_model(MODEL_NAME, n_classes, x.shape[1:], seed=cfg.seed, **cfg.model_kwargs())
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        per_epoch = math.ceil(len(x) / cfg.batch_size)
+        n_epoch = len(x) + (pool.per_epoch() if pool is not None else 0)
+        per_epoch = math.ceil(n_epoch / cfg.batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * per_epoch)
-        X, Y = torch.from_numpy(x), torch.from_numpy(y)
+        X0, Y0 = torch.from_numpy(x), torch.from_numpy(y)
         best_state, best_acc, best_epoch, history = None, -1.0, 0, []
         for epoch in range(1, cfg.epochs + 1):
             model.train()
+            X, Y = X0, Y0
+            if pool is not None:
+                sel = pool.draw(rng)
+                X = torch.cat([X0, torch.from_numpy(np.ascontiguousarray(pool.x[sel], np.float32))])
+                Y = torch.cat([Y0, torch.from_numpy(np.asarray(pool.y[sel], np.int64))])
             perm = torch.randperm(len(X), generator=gen)
             total = 0.0
             for s in range(0, len(X), cfg.batch_size):
@@ -263,6 +309,29 @@ def _train(x: np.ndarray, y: np.ndarray, xv: np.ndarray | None, yv: np.ndarray |
     model.eval()
     return HeadResult(model=model, history=history, best_epoch=best_epoch,
                       best_val_accuracy=best_acc if best_acc >= 0 else float("nan"), seconds=time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def correct_prior(model: torch.nn.Module, xv: np.ndarray, yv: np.ndarray, cls: int,
+                  grid: tuple[float, ...] = tuple(np.arange(0.0, 4.01, 0.25))) -> dict[str, float]:
+    """Lower the logit bias of class ``cls`` by the amount in ``grid`` that maximises accuracy on the validation
+    clips ``xv, yv`` (first best), in place.
+
+    Stream windows are mostly non-keyword windows, so a head trained on them expects that class far more often than
+    clips of single words show it; on a clip it then calls too many words nothing. The shift restores the clips'
+    prior; a detector threshold chosen afterwards absorbs it on streams.
+    """
+    z = head_logits(model, xv)
+    y = np.asarray(yv)
+    accs = []
+    for d in grid:
+        zz = z.copy()
+        zz[:, cls] -= d
+        accs.append(float((zz.argmax(1) == y).mean()))
+    best = int(np.argmax(accs))
+    model.classifier.bias[cls] -= float(grid[best])
+    return {"class": int(cls), "shift": float(grid[best]), "val_accuracy_before": accs[0],
+            "val_accuracy": accs[best]}
 
 
 # Coreset in the embedding space ------------------------------------------------------------------------------
@@ -393,6 +462,18 @@ def dataset_embeddings(ds: Dataset, fcfg: FrontendConfig, *, threads: int = 1,
     return feats, waves
 
 
+def _stream_vocabulary(ds: Dataset) -> tuple[str, ...] | None:
+    """The keywords of a synthetic dataset whose last class is the non-keyword class (streams can be made for it
+    in the same voices); None for any other dataset."""
+    from edgekws.datasets.synthetic import NOTHING
+
+    recipe = (getattr(ds, "meta", {}) or {}).get("recipe") or {}
+    keywords = tuple(recipe.get("keywords") or ())
+    if ds.name != "synthetic" or not keywords or tuple(ds.class_names) != keywords + (NOTHING,):
+        return None
+    return keywords
+
+
 def split_of(ds: Dataset, test_fold: str | None = None):
     return split_indices(ds, test_fold=test_fold)
 
@@ -410,9 +491,14 @@ def distill_speech_job(
     test_fold: str | None = None,
     progress: Progress | None = None,
     shipped_why: str = "",
+    streams: StreamConfig | None = None,
 ) -> dict[str, Any]:
     """Embed the dataset with the frozen front end, train the head on the training split (plus augmented copies),
     keep the best validation epoch, choose an embedding-space coreset with the head's soft labels.
+
+    With ``streams`` and a synthetic dataset that has the non-keyword class: the head also trains on the windows of
+    synthetic training streams (:mod:`edgekws.server.speech_streams`), and its softmax temperature and detector
+    threshold are fitted on synthetic validation streams (``metrics["detector"]``, shipped in the bundle).
 
     Writes ``model.pt`` (checkpoint; its metrics carry the ``frontend`` configuration), ``coreset.npz``
     (:class:`EmbeddingCoreset`), ``metrics.json`` and ``history.json`` into ``out_dir``.
@@ -447,8 +533,33 @@ def distill_speech_job(
     xv, yv = feats[split.val], labels[split.val]
     xt, yt = feats[split.test], labels[split.test]
     classes = tuple(ds.class_names)
+    vocabulary = _stream_vocabulary(ds) if streams is not None else None
+    stream_seed = int((getattr(ds, "meta", {}).get("recipe") or {}).get("seed", 0))
+    pool = None
+    t_streams = 0.0
+    if vocabulary and streams.train:
+        t1 = time.perf_counter()
+        xs, ys = training_windows(vocabulary, streams, seed=stream_seed, n_windows=fcfg.n_windows,
+                                  progress=progress)
+        pool = WindowPool(xs, ys, negative_class=len(vocabulary), positives=streams.positives_per_epoch,
+                          negatives=streams.negatives_per_epoch)
+        t_streams += time.perf_counter() - t1
     res = train_speech_head(np.concatenate(aug_parts), np.concatenate(aug_labels), xv if len(xv) else None,
-                            yv if len(yv) else None, len(classes), cfg, progress=progress)
+                            yv if len(yv) else None, len(classes), cfg, progress=progress, pool=pool)
+    prior = None
+    if pool is not None and len(xv):
+        prior = correct_prior(res.model, xv, yv, len(classes) - 1)
+    detector = None
+    if vocabulary and streams.val:
+        from edgekws.speech_embedding import locate_graphs
+
+        t1 = time.perf_counter()
+        graphs = locate_graphs()
+        val = validation_streams(vocabulary, streams, graphs, fcfg.to_dict(), seed=stream_seed, progress=progress)
+        detector = calibrate_detector(lambda a: head_logits(res.model, a), classes,
+                                      (xv, yv) if len(xv) else None, val, vocabulary, graphs, fcfg.to_dict(),
+                                      streams, progress=progress)
+        t_streams += time.perf_counter() - t1
     core = select_coreset(res.model, xtr, ytr, classes, feature_cfg, fcfg,
                           SelectionConfig(per_class=per_class, teacher_temperature=cfg.teacher_temperature,
                                           seed=cfg.seed), source_fingerprint=ds.fingerprint())
@@ -472,13 +583,21 @@ def distill_speech_job(
                                                                              res.model.parameters())),
                     "trained_on": f"all {len(xtr)} training clips + {cfg.augment_copies} augmented copies of each",
                     "why": shipped_why or "the speech-embedding backbone was chosen"},
+        "streams": ({**streams.to_dict(), "training_windows": len(pool.y) if pool is not None else 0,
+                     "keyword_windows": int(np.sum(pool.y < len(vocabulary))) if pool is not None else 0}
+                    if vocabulary else None),
         "embed_seconds": t_embed,
+        "stream_seconds": t_streams,
         "augment_seconds": t_aug,
         "distill_seconds": t_embed + t_aug,  # the work before training (what RFAD costs on the MFCC path)
         "train_seconds": res.seconds,
         "total_seconds": time.perf_counter() - t0,
         "head_config": cfg.to_dict(),
     }
+    if detector is not None:
+        metrics["detector"] = detector
+    if prior is not None:
+        metrics["prior_correction"] = prior
     save_checkpoint(out / "model.pt", res.model, feature_cfg, classes, metrics)
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / "history.json", res.history)

@@ -133,7 +133,7 @@ def test_distill_speech_embedding_backbone_ships_the_front_end_and_checks_a_real
     out = tmp_path / "se"
     res = runner.invoke(app, ["distill", "--target", "rpi", "--keywords", ",".join(kw), "--synthetic-per-class", "8",
                               "--per-class", "2", "--epochs", "3", "--out", str(out), "--check-dataset", "gsc",
-                              "--check-dir", str(real)])
+                              "--check-dir", str(real), "--streams", "1,1", "--stream-seconds", "12"])
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["shipped"]["net"] == "se-head" and metrics["shipped"]["backbone"] == "speech-embedding"
@@ -143,6 +143,13 @@ def test_distill_speech_embedding_backbone_ships_the_front_end_and_checks_a_real
     bundle = load_bundle(out / "bundle")
     assert bundle.classes == [*kw, "_nothing_"]
     assert bundle.manifest["frontend"]["kind"] == "speech-embedding"
+    # trained on synthetic streams too; temperature and threshold fitted on held-out ones, shipped for the detector
+    assert metrics["streams"]["train"] == 1 and metrics["streams"]["training_windows"] > 0
+    det = bundle.manifest["detector"]
+    assert det["temperature"] > 0 and 0.0 <= det["threshold"] <= 1.0 and det["chosen_on"]["streams"] == 1
+    assert "detector: temperature" in " ".join(res.output.split())
+    res = runner.invoke(app, ["distill", "--target", "rpi", "--streams", "3", "--out", str(tmp_path / "y")])
+    assert res.exit_code == 2 and "--streams takes two counts" in res.output
     check = json.loads((out / "check.json").read_text())
     assert check["all"]["n"] == 6 and 0.0 <= check["all"]["accuracy"] <= 1.0
     assert set(check["all"]["per_class"]) == set(kw)
