@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -76,6 +77,21 @@ class BundleInfo:
         if W.shape[0] != len(self.classes):
             raise DeviceModelError(f"head has {W.shape[0]} rows but the bundle has {len(self.classes)} classes")
         return np.asarray(W, np.float32), np.asarray(b, np.float32)
+
+    @property
+    def detector(self) -> dict[str, Any]:
+        """The detector settings the bundle ships (``temperature``, ``threshold``: fitted on held-out synthetic
+        streams by the server), or ``{}``; values that make no sense are dropped."""
+        d = self.manifest.get("detector")
+        if not isinstance(d, dict):
+            return {}
+        out: dict[str, Any] = {}
+        T, thr = d.get("temperature"), d.get("threshold")
+        if isinstance(T, (int, float)) and math.isfinite(T) and T > 0:
+            out["temperature"] = float(T)
+        if isinstance(thr, (int, float)) and 0.0 <= thr <= 1.0:
+            out["threshold"] = float(thr)
+        return out
 
     @property
     def coreset_path(self) -> Path | None:
@@ -277,7 +293,8 @@ class DeviceModel:
             if self._classifier is None:
                 self._classifier = self._open("classifier")
             if self.calibrate and self._bundle_temperature is None:
-                self._bundle_temperature = self._cached_temperature()
+                shipped = self.bundle.detector.get("temperature")
+                self._bundle_temperature = shipped if shipped is not None else self._cached_temperature()
             self.temperature = self._bundle_temperature or 1.0
         else:
             W, b, classes = load_version(self.state, name)

@@ -106,14 +106,16 @@ def listen(
     fmt: str | None = typer.Option(None, "--format", help="onnx or tflite (default: the bundle's recommendation)"),
     precision: str | None = typer.Option(None, "--precision", help="fp32 or int8 (default: as recommended)"),
     threads: int = typer.Option(1, "--threads", min=1),
-    threshold: float = typer.Option(0.6, "--threshold", min=0.0, max=1.0, help="default posterior threshold"),
+    threshold: float | None = typer.Option(None, "--threshold", min=0.0, max=1.0,
+                                           help="default posterior threshold (default: the one the bundle ships, "
+                                                "else 0.6)"),
     thresholds: str | None = typer.Option(None, "--thresholds", help="per keyword, e.g. 'yes=0.7,stop=0.5'"),
     hop_ms: float = typer.Option(100.0, "--hop-ms", help="inference every this many ms"),
     smooth: int = typer.Option(5, "--smooth", min=1, help="average posteriors over this many hops"),
     refractory: float = typer.Option(1.0, "--refractory", min=0.0, help="seconds without a second detection"),
     gate_db: float = typer.Option(10.0, "--gate-db", min=0.0, help="fire only this far above the noise floor"),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
-                                   help="fit the softmax temperature on the bundle's coreset"),
+                                   help="use the softmax temperature the bundle ships (else fit one on its coreset)"),
     seconds: float | None = typer.Option(None, "--seconds", help="stop after this much audio"),
     state: Path | None = typer.Option(None, "--state", help="device state directory (local model versions)"),
     local: bool = typer.Option(True, "--local/--bundle-only", help="use the newest locally fine-tuned version"),
@@ -125,6 +127,11 @@ def listen(
     from edgekws.device.stream import AudioSourceError, open_source
 
     model = _open_model(bundle, fmt, precision, threads, state, local, public_key, embedded_key, calibrate)
+    threshold_from = "--threshold"
+    if threshold is None:
+        shipped = model.bundle.detector.get("threshold")
+        threshold, threshold_from = ((shipped, "the bundle's") if shipped is not None
+                                     else (DetectorConfig.threshold, "default"))
     try:
         dcfg = DetectorConfig(hop_ms=hop_ms, smooth=smooth, threshold=threshold, thresholds=_thresholds(thresholds),
                               refractory_s=refractory, gate_db=gate_db)
@@ -204,7 +211,8 @@ def listen(
     except KeyboardInterrupt:
         pass
     if not as_json:
-        Console().print(f"\n{len(detections)} detection(s) in {seen['samples'] / fc.sample_rate:.1f} s of audio")
+        Console().print(f"\n{len(detections)} detection(s) in {seen['samples'] / fc.sample_rate:.1f} s of audio "
+                        f"(threshold {dcfg.threshold:g}, {threshold_from})")
 
 
 def _live_view(updates, classes, detections: list, src_name: str) -> None:

@@ -307,6 +307,9 @@ def export_bundle(
             notes.append(f"{MFCC_GRAPH_FILE}: audio in, the classifier's MFCC out ({gp['size_bytes'] / 1024:.0f} KB; "
                          f"max |difference| from edgekws.features {gp['max_abs_diff']:.2g} of a normalised "
                          "coefficient)")
+        detector = (blob.get("metrics") or {}).get("detector")
+        if detector:  # temperature and threshold fitted on held-out synthetic streams (edgekws.server.speech_streams)
+            extra_manifest["detector"] = detector
         if core is not None:
             if core_path is None:
                 core_path = core.save(tmp / CORESET)

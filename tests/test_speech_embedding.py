@@ -186,7 +186,10 @@ def se_bundle(tmp_path_factory):
     classes = ("word", "_nothing_")
     res = train_speech_head(x, y, None, None, 2, SpeechHeadConfig(epochs=5, augment_copies=0))
     fcfg, fc = FrontendConfig(), FeatureConfig()
-    save_checkpoint(root / "model.pt", res.model, fc, classes, {"frontend": fcfg.to_dict(), "backbone": fcfg.kind})
+    # what distill fits on synthetic validation streams (a temperature, a threshold): shipped in the manifest
+    detector = {"temperature": 0.5, "threshold": 0.05, "chosen_on": {"streams": 0}}
+    save_checkpoint(root / "model.pt", res.model, fc, classes, {"frontend": fcfg.to_dict(), "backbone": fcfg.kind,
+                                                                 "detector": detector})
     select_coreset(res.model, x, y, classes, fc, fcfg, SelectionConfig(per_class=3)).save(root / "coreset.npz")
     priv, pub = generate_keypair(root / "keys")
     result = export_bundle(root / "model.pt", "rpi", root / "bundle", private_key=priv, coreset=root / "coreset.npz",
@@ -265,6 +268,54 @@ def test_nothing_class_never_fires_and_finetune_keeps_working(se_bundle, tmp_pat
     assert meta["n_coreset"] == 6 and "other" in meta["classes"]
     assert dm.reload() and dm.classes == ("word", "_nothing_", "other")
     assert dm.logits(dm.clip_inputs(_speechlike(1.0, 20)[None])).shape == (1, 3)
+
+
+def test_bundle_ships_the_detector_temperature_and_threshold(se_bundle, tmp_path):
+    from edgekws.device.model import DeviceModel, open_bundle
+    from typer.testing import CliRunner
+
+    from edgekws.audio import save_wav
+    from edgekws.cli import app
+
+    result, pub, _ = se_bundle
+    info = open_bundle(result.bundle, pub)
+    assert info.manifest["detector"]["threshold"] == 0.05
+    assert info.detector == {"temperature": 0.5, "threshold": 0.05}
+    # the shipped temperature replaces the fit on the coreset; without calibration the logits stay as they are
+    assert DeviceModel(info, calibrate=True).temperature == 0.5
+    assert DeviceModel(info, calibrate=False).temperature == 1.0
+    wav = tmp_path / "speech.wav"
+    save_wav(wav, _speechlike(3.0, 5), 16000)
+    base = ["listen", "--bundle", str(result.bundle), "--public-key", str(pub), "--wav", str(wav), "--gate-db", "0"]
+    out = CliRunner().invoke(app, base)
+    assert out.exit_code == 0, out.output
+    assert "threshold 0.05, the bundle's" in " ".join(out.output.split())
+    out = CliRunner().invoke(app, [*base, "--threshold", "0.7"])
+    assert "threshold 0.7, --threshold" in " ".join(out.output.split())
+
+
+def test_flattening_head_embeds_then_classifies_and_rebuilds_from_its_config():
+    import torch
+    from edgekws.models import create_model, model_from_config
+
+    m = create_model("se-head", 4, (96, 9), pool="flatten", hidden=16, input_dropout=0.5, dropout=0.25,
+                     seed=0).eval()
+    x = torch.randn(3, 1, 96, 9)
+    assert m.embedding_dim == 16 and m.embed(x).shape == (3, 16)
+    torch.testing.assert_close(m.classifier(m.embed(x)), m(x))
+    again = model_from_config(m.config)
+    again.load_state_dict(m.state_dict())
+    torch.testing.assert_close(again.eval()(x), m(x))
+    # where in the window a sound is matters to a flattening head, not to mean+max pooling
+    shifted = torch.roll(x, 2, dims=-1)
+    assert not torch.allclose(m(shifted), m(x))
+    mm = create_model("se-head", 4, (96, 9), seed=0).eval()
+    torch.testing.assert_close(mm(shifted), mm(x))
+    assert "pool" not in mm.config["kwargs"]  # the original head's config is unchanged
+    with pytest.raises(ValueError, match="takes 9 embeddings"):
+        m(torch.randn(1, 1, 96, 7))
+    with pytest.raises(ValueError, match="pool"):
+        create_model("se-head", 4, (96, 9), pool="attention")
 
 
 def test_check_scores_keyword_clips_and_counts_nothing_as_wrong():
