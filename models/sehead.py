@@ -22,7 +22,7 @@ from torch import nn
 
 from .base import KWSModel, as_batch_images
 
-__all__ = ["SpeechEmbeddingHead"]
+__all__ = ["SpeechEmbeddingHead", "with_pooled_embedding"]
 
 
 class SpeechEmbeddingHead(KWSModel):
@@ -48,13 +48,18 @@ class SpeechEmbeddingHead(KWSModel):
         width of a ReLU layer between the pooled features and the classifier (0: none).
     input_dropout : float
         dropout on the pooled features before the hidden layer (training only).
+    pooled_embedding : bool
+        the embedding also carries the mean and max over time of the normalised input (``2 D`` more values): a
+        device fine-tuning a linear head on the embedding then sees features that adapt to new voices far better
+        than the hidden layer alone (see :func:`with_pooled_embedding`, which adds them to a trained head without
+        changing its outputs).
     """
 
     arch = "se-head"
 
     def __init__(self, n_classes: int, input_shape: Sequence[int] = (96, 9), channels: int = 96, blocks: int = 0,
                  kernel: int = 3, dropout: float = 0.7, pool: str = "meanmax", hidden: int = 0,
-                 input_dropout: float = 0.0):
+                 input_dropout: float = 0.0, pooled_embedding: bool = False):
         super().__init__(n_classes, input_shape)
         if int(kernel) < 1 or int(kernel) % 2 == 0:
             raise ValueError(f"kernel must be a positive odd number, got {kernel}")
@@ -80,7 +85,11 @@ class SpeechEmbeddingHead(KWSModel):
         kwargs = {"channels": int(channels), "blocks": int(blocks), "kernel": int(kernel), "dropout": float(dropout)}
         if pool != "meanmax" or hidden or input_dropout:  # configs of the original head stay as they were
             kwargs.update(pool=pool, hidden=int(hidden), input_dropout=float(input_dropout))
-        self._finish(embedding_dim=int(hidden) or pooled, dropout=dropout, kwargs=kwargs)
+        self.pooled_embedding = bool(pooled_embedding)
+        if self.pooled_embedding:
+            kwargs["pooled_embedding"] = True
+        extra = 2 * self.input_shape[0] if self.pooled_embedding else 0
+        self._finish(embedding_dim=(int(hidden) or pooled) + extra, dropout=dropout, kwargs=kwargs)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, channels, 1, T)`` after the temporal convolutions."""
@@ -95,4 +104,25 @@ class SpeechEmbeddingHead(KWSModel):
             z = f.flatten(1)
         else:
             z = torch.cat([f.mean(dim=2), f.amax(dim=2)], dim=1)
-        return self.mlp(z)
+        z = self.mlp(z)
+        if self.pooled_embedding:
+            n = self.norm(as_batch_images(x).permute(0, 2, 1, 3)).flatten(2)  # (B, D, T) normalised input
+            z = torch.cat([z, n.mean(dim=2), n.amax(dim=2)], dim=1)
+        return z
+
+
+def with_pooled_embedding(model: SpeechEmbeddingHead) -> SpeechEmbeddingHead:
+    """The same head with ``pooled_embedding=True``: identical outputs (the classifier's weights on the added
+    features are zero), a longer embedding for fine-tuning on a device."""
+    if model.pooled_embedding:
+        return model
+    cfg = dict(model.config["kwargs"])
+    cfg["pooled_embedding"] = True
+    wide = SpeechEmbeddingHead(model.n_classes, model.input_shape, **cfg)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
+    wide.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        wide.classifier.weight.zero_()
+        wide.classifier.weight[:, : model.embedding_dim] = model.classifier.weight
+        wide.classifier.bias.copy_(model.classifier.bias)
+    return wide.train(model.training)

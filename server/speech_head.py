@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from edgekws.models import create_model
+from edgekws.models.sehead import with_pooled_embedding
 from edgekws.server.rfad import Coreset
 from edgekws.server.speech_streams import (
     StreamConfig,
@@ -77,6 +78,7 @@ class SpeechHeadConfig:
     pool: str = "flatten"  # every embedding in time order ("meanmax": their mean and max; see SpeechEmbeddingHead)
     hidden: int = 128  # a ReLU layer of this width before the classifier (0: none)
     input_dropout: float = 0.5  # heavy: real voices are far from the synthetic ones
+    pooled_embedding: bool = True  # ship the pooled input embeddings in the embedding too, for device fine-tuning
 
     def model_kwargs(self) -> dict[str, Any]:
         kw = {"channels": self.channels, "blocks": self.blocks, "kernel": self.kernel, "dropout": self.dropout}
@@ -564,6 +566,10 @@ def distill_speech_job(
                           SelectionConfig(per_class=per_class, teacher_temperature=cfg.teacher_temperature,
                                           seed=cfg.seed), source_fingerprint=ds.fingerprint())
     core.save(out / "coreset.npz")
+    if cfg.pooled_embedding and cfg.hidden:
+        # the shipped embedding also carries the pooled input embeddings (outputs unchanged): a linear head a device
+        # fine-tunes on them adapts to real voices much better than on the hidden layer alone (README)
+        res.model = with_pooled_embedding(res.model).eval()
     test = evaluate(res.model, xt, yt, len(classes)) if len(xt) else None
     metrics: dict[str, Any] = {
         "dataset": ds.name,

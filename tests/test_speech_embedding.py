@@ -175,6 +175,8 @@ def se_bundle(tmp_path_factory):
     )
     from edgekws.server.train import save_checkpoint
 
+    from edgekws.models.sehead import with_pooled_embedding
+
     from edgekws.bundle import generate_keypair
     from edgekws.features import FeatureConfig
 
@@ -185,6 +187,7 @@ def se_bundle(tmp_path_factory):
     y = np.array([1] * 6 + [0] * 6)
     classes = ("word", "_nothing_")
     res = train_speech_head(x, y, None, None, 2, SpeechHeadConfig(epochs=5, augment_copies=0))
+    res.model = with_pooled_embedding(res.model).eval()  # as distill ships it
     fcfg, fc = FrontendConfig(), FeatureConfig()
     # what distill fits on synthetic validation streams (a temperature, a threshold): shipped in the manifest
     detector = {"temperature": 0.5, "threshold": 0.05, "chosen_on": {"streams": 0}}
@@ -309,6 +312,14 @@ def test_flattening_head_embeds_then_classifies_and_rebuilds_from_its_config():
     # where in the window a sound is matters to a flattening head, not to mean+max pooling
     shifted = torch.roll(x, 2, dims=-1)
     assert not torch.allclose(m(shifted), m(x))
+    # with the pooled input embeddings added for fine-tuning: the same outputs, a longer embedding
+    from edgekws.models.sehead import with_pooled_embedding
+
+    w = with_pooled_embedding(m)
+    assert w.embedding_dim == 16 + 2 * 96 and w.embed(x).shape == (3, 208)
+    torch.testing.assert_close(w(x), m(x))
+    torch.testing.assert_close(w.classifier(w.embed(x)), w(x))
+    assert model_from_config(w.config).embedding_dim == 208
     mm = create_model("se-head", 4, (96, 9), seed=0).eval()
     torch.testing.assert_close(mm(shifted), mm(x))
     assert "pool" not in mm.config["kwargs"]  # the original head's config is unchanged
