@@ -313,27 +313,35 @@ def _train(x: np.ndarray, y: np.ndarray, xv: np.ndarray | None, yv: np.ndarray |
                       best_val_accuracy=best_acc if best_acc >= 0 else float("nan"), seconds=time.perf_counter() - t0)
 
 
+def training_prior(y: np.ndarray, pool: WindowPool | None, n_classes: int) -> np.ndarray:
+    """Expected class frequencies of one training epoch: the clips ``y`` plus what ``pool`` draws."""
+    counts = np.bincount(np.asarray(y, np.int64), minlength=n_classes).astype(np.float64)
+    if pool is not None:
+        py = np.asarray(pool.y, np.int64)
+        neg = py == pool.negative_class
+        pos_counts = np.bincount(py[~neg], minlength=n_classes).astype(np.float64)
+        if pos_counts.sum() > 0:
+            counts += pos_counts * min(1.0, pool.positives / pos_counts.sum())
+        counts[pool.negative_class] += min(int(neg.sum()), pool.negatives)
+    return counts / counts.sum()
+
+
 @torch.no_grad()
-def correct_prior(model: torch.nn.Module, xv: np.ndarray, yv: np.ndarray, cls: int,
-                  grid: tuple[float, ...] = tuple(np.arange(0.0, 4.01, 0.25))) -> dict[str, float]:
-    """Lower the logit bias of class ``cls`` by the amount in ``grid`` that maximises accuracy on the validation
-    clips ``xv, yv`` (first best), in place.
+def correct_prior(model: torch.nn.Module, train_prior: np.ndarray, target_prior: np.ndarray) -> dict[str, Any]:
+    """Shift the classifier's biases by ``log(target / train)`` per class, in place: a head trained where the
+    classes occur at ``train_prior`` then scores as if they occurred at ``target_prior`` (label-shift correction).
 
     Stream windows are mostly non-keyword windows, so a head trained on them expects that class far more often than
-    clips of single words show it; on a clip it then calls too many words nothing. The shift restores the clips'
-    prior; a detector threshold chosen afterwards absorbs it on streams.
+    clips of single words show it, and calls too many spoken words nothing; the correction restores the clips'
+    prior. A detector threshold chosen afterwards on streams absorbs it there.
     """
-    z = head_logits(model, xv)
-    y = np.asarray(yv)
-    accs = []
-    for d in grid:
-        zz = z.copy()
-        zz[:, cls] -= d
-        accs.append(float((zz.argmax(1) == y).mean()))
-    best = int(np.argmax(accs))
-    model.classifier.bias[cls] -= float(grid[best])
-    return {"class": int(cls), "shift": float(grid[best]), "val_accuracy_before": accs[0],
-            "val_accuracy": accs[best]}
+    p = np.asarray(train_prior, np.float64)
+    q = np.asarray(target_prior, np.float64)
+    shift = np.log(np.maximum(q, 1e-12) / np.maximum(p, 1e-12))
+    shift -= shift.mean()
+    model.classifier.bias += torch.as_tensor(shift, dtype=model.classifier.bias.dtype)
+    return {"shift": [round(float(v), 4) for v in shift], "train_prior": [round(float(v), 4) for v in p],
+            "target_prior": [round(float(v), 4) for v in q]}
 
 
 # Coreset in the embedding space ------------------------------------------------------------------------------
@@ -549,8 +557,14 @@ def distill_speech_job(
     res = train_speech_head(np.concatenate(aug_parts), np.concatenate(aug_labels), xv if len(xv) else None,
                             yv if len(yv) else None, len(classes), cfg, progress=progress, pool=pool)
     prior = None
-    if pool is not None and len(xv):
-        prior = correct_prior(res.model, xv, yv, len(classes) - 1)
+    if pool is not None:
+        clips_y = np.concatenate(aug_labels)
+        target = np.bincount(clips_y, minlength=len(classes)) / len(clips_y)
+        val_before = res.best_val_accuracy
+        prior = correct_prior(res.model, training_prior(clips_y, pool, len(classes)), target)
+        if len(xv):
+            prior.update(val_accuracy_before=val_before,
+                         val_accuracy=float((head_logits(res.model, xv).argmax(1) == yv).mean()))
     detector = None
     if vocabulary and streams.val:
         from edgekws.speech_embedding import locate_graphs

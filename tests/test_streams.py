@@ -167,3 +167,27 @@ def test_window_pool_draws_capped_balanced_subsets_and_training_uses_them():
     with pytest.raises(ValueError, match="do not fit"):
         bad = WindowPool(np.zeros((5, 96, 4), np.float32), np.zeros(5, np.int64), negative_class=2)
         train_speech_head(x, np.arange(30) % 3, None, None, 3, cfg, pool=bad)
+
+
+def test_prior_correction_restores_the_clip_prior_of_a_head_trained_on_many_non_keyword_windows():
+    import torch
+    from edgekws.models import create_model
+    from edgekws.server.speech_head import WindowPool, correct_prior, training_prior
+
+    y = np.repeat(np.arange(3), 10)  # clips: balanced over 2 keywords and the non-keyword class (2)
+    pool = WindowPool(np.zeros((70, 96, 9), np.float32), np.array([0] * 5 + [1] * 5 + [2] * 60), negative_class=2,
+                      positives=10, negatives=40)
+    p = training_prior(y, pool, 3)
+    np.testing.assert_allclose(p, np.array([15, 15, 50]) / 80)  # per epoch: 10 + 5, 10 + 5, 10 + 40
+    m = create_model("se-head", 3, (96, 9), seed=0).eval()
+    x = torch.randn(4, 1, 96, 9)
+    with torch.no_grad():
+        before = m(x).numpy()
+    info = correct_prior(m, p, np.full(3, 1 / 3))
+    with torch.no_grad():
+        after = m(x).numpy()
+    # the non-keyword class loses log(50/15) against each keyword, the keywords keep their difference
+    d = (after - before)
+    np.testing.assert_allclose(d[:, 0] - d[:, 2], np.log(50 / 15), rtol=1e-5)
+    np.testing.assert_allclose(d[:, 0], d[:, 1], atol=1e-6)
+    assert len(info["shift"]) == 3
