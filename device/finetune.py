@@ -23,7 +23,7 @@ from .model import DeviceModel, DeviceModelError, read_coreset, write_version
 from .runtime import softmax
 from .store import LabelStore
 
-__all__ = ["FinetuneConfig", "coreset_embeddings", "coreset_targets", "finetune", "train_head"]
+__all__ = ["FinetuneConfig", "coreset_embeddings", "coreset_targets", "finetune", "match_temperature", "train_head"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,25 @@ def train_head(Z: np.ndarray, T: np.ndarray, weights: np.ndarray, W0: np.ndarray
             loss = float(-(w * (T * np.log(P + 1e-12)).sum(1)).sum())
     acc = float(np.mean(np.argmax(Z @ W.T + b, 1) == np.argmax(T, 1)))
     return W, b, {"loss": loss, "train_accuracy": acc}
+
+
+def match_temperature(Z: np.ndarray, W: np.ndarray, b: np.ndarray, W0: np.ndarray, b0: np.ndarray,
+                      shipped_temperature: float, n_base: int | None = None) -> float:
+    """The temperature at which the head ``W, b`` is as confident on ``Z`` (mean top posterior) as the bundle's head
+    ``W0, b0`` at the temperature it ships with.
+
+    A bundle's detector threshold was chosen for its own head at its own temperature; a fine-tuned head learns from
+    soft targets and comes out less sure of itself, so at temperature 1 the shipped threshold would silence it.
+    Matching the mean confidence on the fine-tuning data keeps the threshold's meaning. ``n_base``: the bundle's
+    classes are the first ``n_base`` of the new head's.
+    """
+    Z = np.asarray(Z, np.float64)
+    n = int(n_base or W0.shape[0])
+    target = float(softmax((Z @ W0.T + b0) / shipped_temperature).max(axis=1).mean())
+    z = Z @ np.asarray(W, np.float64)[:n].T + np.asarray(b, np.float64)[:n]
+    grid = np.exp(np.linspace(np.log(0.02), np.log(5.0), 161))
+    conf = np.array([float(softmax(z / T).max(axis=1).mean()) for T in grid])
+    return round(float(grid[int(np.argmin(np.abs(conf - target)))]), 4)
 
 
 def coreset_embeddings(model: DeviceModel, cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -180,6 +199,9 @@ def finetune(model: DeviceModel, store: LabelStore | None, state: Path, cfg: Fin
     t1 = time.perf_counter()
     W, b, stats = train_head(Z, T, w, Wi, bi, cfg)
     t_train = time.perf_counter() - t1
+    shipped_T = model.bundle.detector.get("temperature")
+    if shipped_T is not None:  # the shipped threshold keeps its meaning for the new head (see match_temperature)
+        stats["temperature"] = match_temperature(Z, W, b, W0, b0, shipped_T, n_base=len(base))
     counts: dict[str, int] = {}
     for lab in labels:
         counts[lab] = counts.get(lab, 0) + 1

@@ -191,6 +191,15 @@ def write_version(state: Path, W: np.ndarray, b: np.ndarray, classes: list[str] 
     return name
 
 
+def version_temperature(state: Path, name: str) -> float:
+    """The softmax temperature a local version was written with (``meta.json`` ``temperature``), else 1."""
+    try:
+        T = json.loads((Path(state) / "models" / name / "meta.json").read_text()).get("temperature")
+    except (OSError, ValueError):
+        return 1.0
+    return float(T) if isinstance(T, (int, float)) and math.isfinite(T) and T > 0 else 1.0
+
+
 def load_version(state: Path, name: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     p = Path(state) / "models" / name / "head.npz"
     W, b = _read_head(p)
@@ -299,7 +308,9 @@ class DeviceModel:
         else:
             W, b, classes = load_version(self.state, name)
             self._head = (W, b)
-            self.temperature = 1.0  # local heads are trained with cross-entropy: calibrated as they are
+            # local heads are trained with cross-entropy; one made from a bundle that ships a temperature carries
+            # the temperature that matches the bundle head's confidence (device.finetune.match_temperature)
+            self.temperature = version_temperature(self.state, name)
             self.classes = classes
         self.version = name
         return True

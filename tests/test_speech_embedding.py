@@ -270,6 +270,8 @@ def test_nothing_class_never_fires_and_finetune_keeps_working(se_bundle, tmp_pat
     meta = finetune(dm, None, tmp_path, FinetuneConfig(steps=50), extra=(z, ["word", "word", "other"]))
     assert meta["n_coreset"] == 6 and "other" in meta["classes"]
     assert dm.reload() and dm.classes == ("word", "_nothing_", "other")
+    # the bundle ships a temperature: the local head gets the one matching the bundle head's confidence
+    assert meta["temperature"] > 0 and dm.temperature == meta["temperature"]
     assert dm.logits(dm.clip_inputs(_speechlike(1.0, 20)[None])).shape == (1, 3)
 
 
@@ -327,6 +329,19 @@ def test_flattening_head_embeds_then_classifies_and_rebuilds_from_its_config():
         m(torch.randn(1, 1, 96, 7))
     with pytest.raises(ValueError, match="pool"):
         create_model("se-head", 4, (96, 9), pool="attention")
+
+
+def test_matched_temperature_gives_a_fine_tuned_head_the_bundle_heads_confidence():
+    from edgekws.device.finetune import match_temperature
+
+    rng = np.random.default_rng(0)
+    Z = rng.standard_normal((200, 8))
+    W0, b0 = rng.standard_normal((3, 8)), rng.standard_normal(3)
+    # a head with half the logit scale is as confident at half the temperature
+    assert match_temperature(Z, W0 / 2, b0 / 2, W0, b0, 0.5) == pytest.approx(0.25, rel=0.03)
+    # extra classes of the new head are left out of the comparison
+    W = np.vstack([W0, rng.standard_normal((1, 8))])
+    assert match_temperature(Z, W, np.append(b0, -50.0), W0, b0, 0.8, n_base=3) == pytest.approx(0.8, rel=0.03)
 
 
 def test_check_scores_keyword_clips_and_counts_nothing_as_wrong():
