@@ -35,13 +35,14 @@ def _score_head(model: Any, x: np.ndarray, truth: np.ndarray, classes: tuple[str
     return score(head_logits(model, x), truth, classes)
 
 
-def speech_embedding_runs(gsc: Path, seeds: list[int], work: Path) -> list[dict[str, Any]]:
+def speech_embedding_runs(gsc: Path, seeds: list[int], work: Path, streams: bool = True) -> list[dict[str, Any]]:
     import torch
     from edgekws.server.speech_head import (
         SpeechHeadConfig,
         dataset_embeddings,
         distill_speech_job,
     )
+    from edgekws.server.speech_streams import StreamConfig
     from edgekws.server.train import load_checkpoint
 
     from edgekws.datasets import load_dataset, split_indices
@@ -60,13 +61,16 @@ def speech_embedding_runs(gsc: Path, seeds: list[int], work: Path) -> list[dict[
     for seed in seeds:
         out = work / f"se-seed{seed}"
         t0 = time.perf_counter()
-        m = distill_speech_job(syn, FeatureConfig(), out, head_cfg=SpeechHeadConfig(seed=seed, threads=1))
+        m = distill_speech_job(syn, FeatureConfig(), out, head_cfg=SpeechHeadConfig(seed=seed, threads=1),
+                               streams=StreamConfig() if streams else None)
         model = load_checkpoint(out / "model.pt")[0]
         rows.append({"backbone": "speech-embedding", "net": m["model"], "seed": seed,
                      "synthetic_test": m["test"]["accuracy"], "val_accuracy": m["val_accuracy"],
                      "gsc_all": _score_head(model, xr, truth, classes),
                      "gsc_test_split": _score_head(model, xr[test], truth[test], classes),
-                     "params": m["shipped"]["params"], "seconds": time.perf_counter() - t0})
+                     "params": m["shipped"]["params"], "seconds": time.perf_counter() - t0,
+                     "streams": m.get("streams"), "prior_correction": m.get("prior_correction"),
+                     "detector": {k: v for k, v in (m.get("detector") or {}).items() if k != "chosen_on"}})
     return rows
 
 
@@ -127,7 +131,9 @@ def markdown(report: dict[str, Any]) -> str:
     L = ["# Backbones on real speakers: trained on synthetic speech only", "",
          (f"Real set: gsc-dev ({report['gsc_clips']} clips, 10 keywords, 197 speakers; speaker-disjoint test split "
          f"{report['gsc_test_clips']} clips). Training: the embedded synthetic keywords (10 x 300 clips, espeak-ng) "
-         "plus 300 `_nothing_` clips (other words, noise, silence); no real clip. Machine: "
+         "plus 300 `_nothing_` clips (other words, noise, silence)"
+         f"{', plus the windows of 30 synthetic streams (edgekws distill default)' if report.get('streams') else ''}"
+         "; no real clip. Machine: "
          f"{report['environment']['cpu']} ({report['environment']['cores']} cores, shared), one thread."), ""]
     se = report["speech_embedding"]
     if se:
@@ -167,6 +173,8 @@ def main() -> None:
     ap.add_argument("--mfcc-bundle", type=Path, action="append", default=[], help="name=path or path")
     ap.add_argument("--noise-dir", type=Path, default=None)
     ap.add_argument("--name", default="backbones")
+    ap.add_argument("--no-streams", action="store_true", help="train the head on the synthetic clips alone (as "
+                    "before synthetic streams joined the recipe)")
     args = ap.parse_args()
     from edgekws.server.pipeline import run_environment
 
@@ -176,7 +184,7 @@ def main() -> None:
     t0 = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     with tempfile.TemporaryDirectory(prefix="edgekws-backbones-") as tmp:
-        se = speech_embedding_runs(args.gsc, seeds, Path(tmp)) if seeds else []
+        se = speech_embedding_runs(args.gsc, seeds, Path(tmp), streams=not args.no_streams) if seeds else []
     bundles = {}
     for kind, paths in (("speech-embedding", args.se_bundle), ("mfcc-cnn", args.mfcc_bundle)):
         for p in paths:
@@ -184,6 +192,7 @@ def main() -> None:
             bundles[name or f"{kind}: {path}"] = Path(path)
     real = load_gsc(args.gsc)
     report = {"gsc_clips": len(real), "gsc_test_clips": len(split_indices(real).test), "seeds": seeds,
+              "streams": not args.no_streams,
               "speech_embedding": se, "bundles": bundle_rows(bundles, args.gsc, args.noise_dir),
               "environment": run_environment(), "seconds": time.perf_counter() - t0}
     RESULTS.mkdir(parents=True, exist_ok=True)

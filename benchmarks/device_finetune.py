@@ -40,27 +40,26 @@ def _load(args):
     from edgekws.device.model import DeviceModel, open_bundle
 
     from edgekws.datasets import load_dataset, split_indices
-    from edgekws.datasets.cache import load_features
-    from edgekws.features import normalize
+    from edgekws.datasets.cache import load_waveforms
 
-    info = open_bundle(args.bundle, args.public_key)
-    model = DeviceModel(info, threads=args.threads, calibrate=True)
-    fc = info.feature_config
+    info = open_bundle(args.bundle, args.public_key, trust_embedded_key=args.embedded_key)
+    model = DeviceModel(info, fmt=args.format or "onnx", precision=args.precision or "fp32", threads=args.threads,
+                        calibrate=True)
     classes = [c for c in info.classes if not c.startswith("_")]
     ds = load_dataset("gsc", args.gsc, keywords=tuple(classes))
-    raw = load_features(ds, fc.replace(normalization="none", mean=None, std=None))
-    x = normalize(raw, fc)
     names = list(ds.class_names)
     y = np.array([info.classes.index(names[i]) for i in ds.labels])
     sp = split_indices(ds)
     pool, held = np.asarray(sp.train), np.concatenate([sp.val, sp.test])
-    cache = args.work / f"gsc_embeddings_{info.identity}.npz"
+    cache = args.work / f"gsc_embeddings_{info.identity}_{model.fmt}_{model.precision}.npz"
     if cache.is_file():
         Z = np.load(cache)["Z"]
     else:
         t = time.perf_counter()
-        Z = np.concatenate([model.embed(x[i : i + 64][:, None]) for i in range(0, len(x), 64)])
-        print(f"embedded {len(x)} clips in {time.perf_counter() - t:.1f} s", flush=True)
+        # the bundle's own front end (MFCC or speech embeddings), as `device collect` turns clips into inputs
+        waves = load_waveforms(ds)
+        Z = np.concatenate([model.embed(model.clip_inputs(waves[i: i + 64])) for i in range(0, len(waves), 64)])
+        print(f"embedded {len(waves)} clips in {time.perf_counter() - t:.1f} s", flush=True)
         np.savez(cache, Z=Z)
     return info, model, Z, y, pool, held
 
@@ -137,7 +136,7 @@ from edgekws.device.model import DeviceModel, open_bundle, read_coreset
 from edgekws.device.finetune import FinetuneConfig, finetune
 from edgekws.device.store import LabelStore
 bundle, pub, state, n_labels = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-info = open_bundle(bundle, pub)
+info = open_bundle(bundle, pub or None, trust_embedded_key=not pub)
 model = DeviceModel(info, threads=1)
 t_open = time.perf_counter() - t0
 rng = np.random.default_rng(0)
@@ -167,7 +166,8 @@ def timing(args) -> list[dict]:
     for rep in range(args.repeats):
         with tempfile.TemporaryDirectory() as st:
             for cold in (True, False):
-                r = subprocess.run([sys.executable, "-c", _TIMING, str(args.bundle), str(args.public_key), st, "20"],
+                r = subprocess.run([sys.executable, "-c", _TIMING, str(args.bundle), str(args.public_key or ""), st,
+                                    "20"],
                                    capture_output=True, text=True, env=env, check=True)
                 d = json.loads(r.stdout.strip().splitlines()[-1])
                 d.update(cold=cold, repeat=rep)
@@ -233,7 +233,10 @@ def report(res: dict, times: list[dict], args) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, required=True)
-    ap.add_argument("--public-key", type=Path, required=True)
+    ap.add_argument("--public-key", type=Path, default=None)
+    ap.add_argument("--embedded-key", action="store_true", help="trust the key embedded in the bundle")
+    ap.add_argument("--format", default=None, help="onnx (default) or tflite")
+    ap.add_argument("--precision", default=None, help="fp32 (default) or int8")
     ap.add_argument("--gsc", type=Path, required=True)
     ap.add_argument("--per-class", default="5,10,20")
     ap.add_argument("--seeds", default="0,1,2")

@@ -4,9 +4,9 @@ Each stream (seeded) is a bed of Speech Commands background noise (``_background
 recordings at random levels) with real keyword clips from held-out Speech Commands speakers placed 1-3 s apart at
 a random SNR, other speech that is not a keyword (synthetic voices, ``edgekws.tts``, saying Speech Commands'
 non-keyword words and short sentences) and noise-only stretches. The streams are played through the detector that
-``edgekws listen`` runs: the bundle opened the way the CLI opens it (recommended graph, coreset-fitted temperature,
-local fine-tuned versions from the device state folder), a fresh :class:`edgekws.device.runtime.Detector` per stream
-with the CLI's defaults, fed 20 ms blocks.
+``edgekws listen`` runs: the bundle opened the way the CLI opens it (recommended graph, the temperature and threshold
+the bundle ships, local fine-tuned versions from the device state folder), a fresh
+:class:`edgekws.device.runtime.Detector` per stream with the CLI's defaults, fed 20 ms blocks.
 
 Scoring (:func:`score`): a placed word is caught when a detection names it while the detection's time (the end of
 the window that fired) lies in ``[word onset, word offset + tolerance]`` (default tolerance: the detector's window
@@ -51,7 +51,7 @@ OTHER_WORDS = ("bed", "bird", "cat", "dog", "eight", "five", "four", "happy", "h
 SENTENCE_WORDS = ("the", "a", "is", "was", "we", "they", "have", "this", "that", "very", "today", "morning", "water",
                   "kitchen", "table", "window", "garden", "music", "little", "yellow", "paper", "coffee", "later",
                   "maybe", "really", "weather", "quiet", "dinner", "around", "seven", "house", "bird", "happy")
-DEFAULT_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
+DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
 
 
 def is_detection_class(name: str) -> bool:
@@ -259,9 +259,16 @@ def score(placements: Sequence[Placement], detections: Sequence[Event], *, secon
         per_kw.setdefault(w.label, [0, 0])
         per_kw[w.label][0] += int(c)
         per_kw[w.label][1] += 1
+    by_snr: dict[str, list[int]] = {}
+    for w, c in zip(words, caught):
+        lo = 5 * math.floor(w.snr_db / 5)
+        by_snr.setdefault(f"{lo}-{lo + 5} dB", [0, 0])
+        by_snr[f"{lo}-{lo + 5} dB"][0] += int(c)
+        by_snr[f"{lo}-{lo + 5} dB"][1] += 1
     n_fa = sum(fa.values())
     hours = seconds / 3600.0
     return {"words": len(words), "caught": int(sum(caught)), "recall": sum(caught) / len(words) if words else 0.0,
+            "recall_by_snr": {k: v[0] / v[1] for k, v in sorted(by_snr.items(), key=lambda kv: int(kv[0].split("-")[0]))},
             "detections": len(dets), "false_alarms": n_fa,
             "false_alarms_per_hour": n_fa / hours if hours > 0 else 0.0,
             "false_alarm_kinds": fa, "false_alarms_by_keyword": dict(sorted(fa_by_keyword.items())),
@@ -584,7 +591,8 @@ def report(res: dict) -> str:
          f"short sentences), {d['noise_only']} noise-only stretches ({d['noise_only_seconds'] / 60:.1f} min), over `_background_noise_` segments at RMS "
          f"{a['noise_rms'][0]}–{a['noise_rms'][1]}; clips {a['gap_s'][0]}–{a['gap_s'][1]} s apart at "
          f"{a['snr_db'][0]}–{a['snr_db'][1]} dB SNR. Detector: `edgekws listen` defaults (hop 100 ms, smoothing 5, "
-         f"refractory 1 s, gate 10 dB), graph `{res['graph']}`. A word counts as caught when a detection names it "
+         f"refractory 1 s, gate 10 dB, the bundle's threshold), graph `{res['graph']}`, temperature "
+         f"{next(iter(res['results'].values()))['temperature']:.3g}. A word counts as caught when a detection names it "
          f"between its onset and {res['tolerance_s']} s after its offset (the detector's window plus its smoothing "
          "span)."), "",
          (f"Machine: {res['machine'].get('cpu')}, {res['machine'].get('usable_cores')} usable cores, one thread; "
@@ -612,7 +620,15 @@ def report(res: dict) -> str:
         L.append(f"| {name} | " + " | ".join(
             f"{100 * x['recall_by_keyword'].get(k, 0):.0f} % / {x['false_alarms_by_keyword'].get(k, 0)}"
             for k in res["keywords"]) + " |")
-    L += ["", "Cells: recall / false alarms naming that keyword.", "", f"![curve]({Path(res['png']).name})", ""]
+    L += ["", "Cells: recall / false alarms naming that keyword.", "",
+          "## Recall by the keyword's SNR over the local noise (default threshold)", ""]
+    snrs = list(next(iter(res["results"].values()))["default"].get("recall_by_snr", {}))
+    if snrs:
+        L += ["| model | " + " | ".join(snrs) + " |", "|---|" + "---|" * len(snrs)]
+        for name, r in res["results"].items():
+            x = r["default"].get("recall_by_snr", {})
+            L.append(f"| {name} | " + " | ".join(f"{100 * x.get(k, 0):.0f} %" for k in snrs) + " |")
+    L += ["", f"![curve]({Path(res['png']).name})", ""]
     return "\n".join(L)
 
 
@@ -650,10 +666,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--embedded-key", action="store_true")
     ap.add_argument("--format", dest="fmt", default=None)
     ap.add_argument("--precision", default=None)
-    ap.add_argument("--streams", type=int, default=4)
+    ap.add_argument("--streams", type=int, default=12)
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0, help="streams use seeds seed .. seed+streams-1")
-    ap.add_argument("--threshold", type=float, default=0.6)
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="the detector's threshold (default: as listen, the bundle's, else 0.6)")
     ap.add_argument("--thresholds", default=",".join(map(str, DEFAULT_THRESHOLDS)))
     ap.add_argument("--tolerance", dest="tolerance_s", type=float, default=None,
                     help="seconds after a word's offset a detection may come (default: window + smoothing span)")
@@ -681,6 +698,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = describe_machine()
     base = open_like_listen(args.bundle, None, args.public_key, args.embedded_key, args.fmt, args.precision)
     fc = base.feature_config
+    if args.threshold is None:
+        from edgekws.device.runtime import DetectorConfig
+
+        args.threshold = base.bundle.detector.get("threshold", DetectorConfig.threshold)
     keywords = [c for c in base.classes if is_detection_class(c)]
     missing = [k for k in keywords if not (args.gsc / k).is_dir()]
     if missing:

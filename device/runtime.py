@@ -4,7 +4,8 @@ Audio enters in blocks of any size. :class:`~edgekws.features.StreamingMFCC` com
 only; they go into a ring buffer holding one model window (``feature_config.n_frames`` frames). Every
 ``hop_frames`` new frames, once the buffer is full, the window is normalised exactly as the server normalised its
 training clips, the model gives logits, and the posteriors (softmax) are averaged over the last ``smooth`` inferences
-(the logits are divided by ``model.temperature`` first, see :meth:`DeviceModel.fit_temperature`).
+(the logits are divided by ``model.temperature`` first: the temperature a bundle ships, fitted by the server on
+held-out synthetic speech, else one fitted on the bundle's coreset, see :class:`DeviceModel`).
 A keyword fires when its smoothed posterior is the largest, reaches its threshold, the window holds sound at least
 ``gate_db`` above the recent noise floor (a model without a background class still names a word for silence), and
 no detection happened in the last ``refractory_s`` seconds. A keyword that fired fires again only after its smoothed
