@@ -134,11 +134,20 @@ def _unit(e: np.ndarray) -> np.ndarray:
     return e / (np.linalg.norm(e, axis=1, keepdims=True) + 1e-12)
 
 
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances ``(len(a), len(b))`` in O(len(a) * len(b)) memory (``a[:, None] - b[None]`` would hold
+    every difference vector: 16 GB for 2,500 embeddings of 320 values)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2.0 * (a @ b.T)
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
 def _kcenter(e: np.ndarray, k: int, chosen: list[int] | None = None) -> list[int]:
     chosen = list(chosen or [])
     if not chosen:
         chosen = [int(np.argmin(np.linalg.norm(e - e.mean(0), axis=1)))]
-    d = np.min(np.linalg.norm(e[:, None] - e[chosen][None], axis=2), axis=1)
+    d = np.min(_distances(e, e[chosen]), axis=1)
     while len(chosen) < k:
         i = int(np.argmax(d))
         if d[i] <= 0:
@@ -150,17 +159,16 @@ def _kcenter(e: np.ndarray, k: int, chosen: list[int] | None = None) -> list[int
 
 def _kmedoids(e: np.ndarray, k: int, iters: int = 30) -> list[int]:
     med = np.array(_kcenter(e, k))
-    D = np.linalg.norm(e[:, None] - e[None], axis=2) if len(e) <= 4000 else None
+    D = _distances(e, e) if len(e) <= 4000 else None
     for _ in range(iters):
-        dist = D[:, med] if D is not None else np.linalg.norm(e[:, None] - e[med][None], axis=2)
+        dist = D[:, med] if D is not None else _distances(e, e[med])
         assign = np.argmin(dist, axis=1)
         new = med.copy()
         for j in range(len(med)):
             members = np.flatnonzero(assign == j)
             if not len(members):
                 continue
-            sub = D[np.ix_(members, members)] if D is not None else \
-                np.linalg.norm(e[members][:, None] - e[members][None], axis=2)
+            sub = D[np.ix_(members, members)] if D is not None else _distances(e[members], e[members])
             new[j] = members[int(np.argmin(sub.sum(axis=1)))]
         if np.array_equal(np.sort(new), np.sort(med)):
             break
