@@ -5,7 +5,9 @@ The front end (:mod:`edgekws.speech_embedding`) is frozen, so the only trained p
 :class:`~edgekws.models.sehead.SpeechEmbeddingHead` over ``(1, 96, 9)`` embedding sequences. Training data are the
 dataset's clips, embedded once (cached per dataset fingerprint and front-end configuration), plus
 ``augment_copies`` re-recorded copies of each training clip (time shift, gain, background noise, speed), each
-embedded too. The coreset that ships for on-device fine-tuning is ``per_class`` embedding sequences per class,
+embedded too, plus (synthetic keywords, ``streams``) the windows of synthetic streams drawn afresh every epoch, after
+which the classifier's biases are corrected back to the clips' class prior; the detector's temperature and threshold
+are then fitted on held-out synthetic streams (:mod:`edgekws.server.speech_streams`). The coreset that ships for on-device fine-tuning is ``per_class`` embedding sequences per class,
 chosen by k-medoids in the head's penultimate space (representative members spread over each class), with the
 trained head's softened posteriors as soft labels (a teacher's labels carry most of what a small set can hold).
 """
