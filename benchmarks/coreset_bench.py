@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from edgekws.datasets import load_dataset
