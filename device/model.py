@@ -1,19 +1,20 @@
 """A bundle as the device sees it: graphs, classes, FeatureConfig, head, coreset, and local model versions.
 
-:func:`open_bundle` verifies and reads a bundle directory through :func:`edgekws.bundle.load_bundle` (checksums
-and ed25519 signature). The device keeps its own state (labels, clips, fine-tuned heads) in a *state directory*, never in
-the bundle, so a signed bundle stays byte-identical:
+:func:`open_bundle` verifies and opens a bundle directory (checksums and ed25519 signature) as an
+:class:`edgekws.bundle.Bundle`, the one bundle reader of the project, raising :class:`DeviceModelError`. The device
+keeps its own state (labels, clips, fine-tuned heads) in a *state directory*, never in the bundle, so a signed bundle
+stays byte-identical:
 
 ``<state>/models/vNNNN/head.npz``   a fine-tuned head ``W (C, D)``, ``b (C,)`` and its ``classes``
 ``<state>/models/current``          the active version's name (written atomically)
 
 :class:`DeviceModel` runs the bundle's classifier graph, or, once a local version exists, the embedding graph
-followed by the local numpy head (so classes added on the device need no new graph).
+followed by the local numpy head (so classes added on the device need no new graph). Most code wants
+:class:`edgekws.device.Spotter`, which puts these together.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -24,16 +25,17 @@ from typing import Any
 
 import numpy as np
 
+from edgekws.bundle import Bundle, BundleError
 from edgekws.features import FeatureConfig
 from edgekws.fileio import atomic_open, atomic_write_bytes, atomic_write_json
 
 from .backend import BackendError, open_backend
 
 __all__ = [
-    "BundleInfo",
     "DeviceModel",
     "DeviceModelError",
     "current_version",
+    "default_state_root",
     "list_versions",
     "load_version",
     "open_bundle",
@@ -42,67 +44,9 @@ __all__ = [
     "write_version",
 ]
 
-_GRAPHS = {(k, f, p) for k in ("classifier", "embedding") for f in ("onnx", "tflite") for p in ("fp32", "int8")}
-
 
 class DeviceModelError(RuntimeError):
     """A bundle, a local model version or a coreset cannot be used; the message names the file."""
-
-
-@dataclass
-class BundleInfo:
-    """A verified bundle (see :class:`edgekws.bundle.Bundle`) with the device's error type and identity."""
-
-    path: Path
-    manifest: dict[str, Any]
-    classes: tuple[str, ...]
-    feature_config: FeatureConfig
-    target: str = ""
-    _bundle: Any = field(default=None, repr=False)
-
-    def graph_path(self, kind: str = "classifier", fmt: str = "onnx", precision: str = "fp32") -> Path:
-        if (kind, fmt, precision) not in _GRAPHS:
-            raise DeviceModelError(f"unknown graph {kind}/{fmt}/{precision} (classifier|embedding, onnx|tflite, "
-                                   "fp32|int8)")
-        try:
-            return Path(self._bundle.graph_path(kind, fmt, precision))
-        except Exception as exc:  # BundleError names what the bundle has instead
-            raise DeviceModelError(str(exc)) from exc
-
-    def head(self) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            W, b = self._bundle.head()
-        except Exception as exc:
-            raise DeviceModelError(f"bundle {self.path}: cannot read its head ({exc})") from exc
-        if W.shape[0] != len(self.classes):
-            raise DeviceModelError(f"head has {W.shape[0]} rows but the bundle has {len(self.classes)} classes")
-        return np.asarray(W, np.float32), np.asarray(b, np.float32)
-
-    @property
-    def detector(self) -> dict[str, Any]:
-        """The detector settings the bundle ships (``temperature``, ``threshold``: fitted on held-out synthetic
-        streams by the server), or ``{}``; values that make no sense are dropped."""
-        d = self.manifest.get("detector")
-        if not isinstance(d, dict):
-            return {}
-        out: dict[str, Any] = {}
-        T, thr = d.get("temperature"), d.get("threshold")
-        if isinstance(T, (int, float)) and math.isfinite(T) and T > 0:
-            out["temperature"] = float(T)
-        if isinstance(thr, (int, float)) and 0.0 <= thr <= 1.0:
-            out["threshold"] = float(thr)
-        return out
-
-    @property
-    def coreset_path(self) -> Path | None:
-        name = self.manifest.get("coreset")
-        return self.path / name if name else None
-
-    @property
-    def identity(self) -> str:
-        """Short stable id of this bundle (hash of its manifest), used to name its state directory."""
-        raw = (self.path / "manifest.json").read_bytes()
-        return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def _read_head(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -117,39 +61,48 @@ def _read_head(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return W, b
 
 
-def open_bundle(path: str | os.PathLike, public_key: Any = None, *, trust_embedded_key: bool = False) -> BundleInfo:
-    """Verify and open a bundle directory (checksums and ed25519 signature, :func:`edgekws.bundle.load_bundle`).
+def open_bundle(path: str | os.PathLike, public_key: Any = None, *, trust_embedded_key: bool = False) -> Bundle:
+    """Verify and open a bundle directory (:func:`edgekws.bundle.load_bundle`: checksums and ed25519 signature).
 
     ``public_key``: the signer's pinned key (object, PEM file or key folder); ``None`` reads
     ``$EDGEKWS_HOME/keys/signing.pub``. ``trust_embedded_key`` checks integrity against the key in the manifest.
+    A ``.tar`` archive is refused with the command that installs or unpacks it.
     """
+    import tarfile
+
     from edgekws.bundle import load_bundle
 
     path = Path(path)
+    if path.is_file():
+        if tarfile.is_tarfile(path):
+            raise DeviceModelError(f"{path} is a bundle archive; a bundle is opened from its unpacked folder: "
+                                   "install it with `edgekws device update`, or unpack it (`mkdir B && tar -xf "
+                                   f"{path} -C B`, then --bundle B; it is verified when opened)")
+        raise DeviceModelError(f"{path} is a file, not a bundle folder (one with manifest.json)")
     if not path.is_dir():
         raise DeviceModelError(f"bundle {path} does not exist or is not a directory")
     try:
-        b = load_bundle(path, public_key=public_key, trust_embedded_key=trust_embedded_key)
+        return load_bundle(path, public_key=public_key, trust_embedded_key=trust_embedded_key)
     except Exception as exc:  # BundleError, a bad key file: one clear message either way
         raise DeviceModelError(f"bundle refused: {exc}") from exc
-    return BundleInfo(path=Path(b.path), manifest=dict(b.manifest), classes=tuple(b.classes),
-                      feature_config=b.feature_config, target=str(b.target), _bundle=b)
 
 
 # Local model versions ---------------------------------------------------------------------------------------
 
 
-def state_dir_for(bundle: BundleInfo, root: str | os.PathLike | None = None) -> Path:
-    """Where the device keeps labels, clips and fine-tuned heads for ``bundle``.
+def default_state_root() -> Path:
+    """``$EDGEKWS_DEVICE_HOME``, else ``$EDGEKWS_HOME/device``, else ``~/.local/share/edgekws/device``."""
+    if os.environ.get("EDGEKWS_DEVICE_HOME"):
+        return Path(os.environ["EDGEKWS_DEVICE_HOME"])
+    if os.environ.get("EDGEKWS_HOME"):
+        return Path(os.environ["EDGEKWS_HOME"]) / "device"
+    return Path.home() / ".local" / "share" / "edgekws" / "device"
 
-    ``root`` / ``<bundle identity>``; ``root`` defaults to ``$EDGEKWS_DEVICE_HOME``, else ``$EDGEKWS_HOME/device``,
-    else ``~/.local/share/edgekws/device``.
-    """
-    if root is None:
-        root = os.environ.get("EDGEKWS_DEVICE_HOME") or (
-            Path(os.environ["EDGEKWS_HOME"]) / "device" if os.environ.get("EDGEKWS_HOME")
-            else Path.home() / ".local" / "share" / "edgekws" / "device")
-    d = Path(root) / bundle.identity
+
+def state_dir_for(bundle: Bundle, root: str | os.PathLike | None = None) -> Path:
+    """Where the device keeps labels, clips and fine-tuned heads for ``bundle``: ``root / <bundle id>``
+    (``root`` defaults to :func:`default_state_root`)."""
+    d = Path(root if root is not None else default_state_root()) / bundle.id
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -246,9 +199,9 @@ class DeviceModel:
     bundle's classifier graph runs directly.
     """
 
-    bundle: BundleInfo
-    fmt: str = "onnx"
-    precision: str = "fp32"
+    bundle: Bundle
+    fmt: str | None = None  # None: the bundle's recommended format
+    precision: str | None = None  # None: the recommended precision (fp32 for a format other than the recommended)
     threads: int = 1
     state: Path | None = None
     version: str | None = None
@@ -264,6 +217,10 @@ class DeviceModel:
     _frontend: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        try:
+            self.fmt, self.precision = self.bundle.choose_graph(self.fmt, self.precision)
+        except BundleError as exc:
+            raise DeviceModelError(str(exc)) from exc
         self.classes = self.bundle.classes
         self.reload()
 
@@ -318,7 +275,7 @@ class DeviceModel:
     def _open(self, kind: str) -> Any:
         try:
             return open_backend(self.bundle.graph_path(kind, self.fmt, self.precision), threads=self.threads)
-        except BackendError as exc:
+        except (BackendError, BundleError) as exc:
             raise DeviceModelError(str(exc)) from exc
 
     def embed(self, x: np.ndarray) -> np.ndarray:

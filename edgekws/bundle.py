@@ -27,7 +27,9 @@ import base64
 import hashlib
 import io
 import json
+import math
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -46,10 +48,14 @@ from edgekws.fileio import atomic_open, atomic_write_bytes, json_default, sha256
 __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_FORMAT_VERSION",
+    "BUNDLE_ID_RE",
+    "DEVICE_ID_RE",
     "GRAPH_FILES",
+    "NAME_RE",
     "Bundle",
     "BundleError",
     "Manifest",
+    "bundle_id",
     "default_key_dir",
     "describe",
     "edgekws_home",
@@ -88,12 +94,36 @@ GRAPH_FILES: dict[tuple[str, str, str], str] = {
 }
 """(graph kind, format, precision) -> file name inside a bundle."""
 
+BUNDLE_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+"""A bundle's id: the first 16 hex digits of the sha256 of its ``manifest.json`` (see :func:`bundle_id`). The
+registry stores, the updater installs and the device keeps local state under this name."""
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+"""Names of targets and release channels."""
+
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+"""A device's name in registry check-ins."""
+
 _REQUIRED = ("format", "format_version", "target", "created_at", "classes", "feature_config", "model", "graphs",
              "head", "coreset", "files", "public_key")
 
 
 class BundleError(ValueError):
     """A bundle that must not be used; the message says exactly what is wrong."""
+
+
+def bundle_id(manifest: bytes | str | os.PathLike) -> str:
+    """The id of a bundle: the first 16 hex digits of the sha256 of its exact ``manifest.json`` bytes.
+
+    ``manifest``: those bytes, or the path of a bundle folder or of its ``manifest.json``. Signing covers the
+    manifest and the manifest covers every file, so equal ids mean equal bundles.
+    """
+    if isinstance(manifest, (bytes, bytearray, memoryview)):
+        raw = bytes(manifest)
+    else:
+        p = Path(manifest)
+        raw = (p / MANIFEST if p.is_dir() else p).read_bytes()
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 # Keys ------------------------------------------------------------------------------------------------------
@@ -241,7 +271,7 @@ def read_head(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             W, b = z["W"], z["b"]
-    except Exception as exc:  # noqa: BLE001 - zipfile / numpy raise several types for damaged files
+    except Exception as exc:
         raise BundleError(f"{path}: not a readable head.npz ({exc.__class__.__name__}: {exc})") from None
     if W.ndim != 2 or b.shape != (W.shape[0],):
         raise BundleError(f"{path}: head arrays have shapes W {W.shape}, b {b.shape}; expected (C, D) and (C,)")
@@ -505,6 +535,7 @@ class Manifest:
     source: str
     key_id: str
     trusted: bool
+    id: str = ""  # :func:`bundle_id` of the verified manifest bytes
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -722,7 +753,7 @@ def _verify_members(src: Any, public_key: Any, trust_embedded_key: bool) -> Mani
     extra = sorted(present - set(files))
     if extra:
         raise BundleError(f"{src.name}: unexpected file(s) not covered by the signature: {', '.join(extra)}")
-    return Manifest(data=manifest, source=src.name, key_id=kid, trusted=trusted)
+    return Manifest(data=manifest, source=src.name, key_id=kid, trusted=trusted, id=bundle_id(src.read(MANIFEST)))
 
 
 # Loading ---------------------------------------------------------------------------------------------------
@@ -730,16 +761,26 @@ def _verify_members(src: Any, public_key: Any, trust_embedded_key: bool) -> Mani
 
 @dataclass
 class Bundle:
-    """A verified bundle directory, ready for the device runtime."""
+    """A verified bundle directory: what the device, the export checks, the demo and the benchmarks read.
+
+    Made only by :func:`load_bundle`, after the signature and every file's sha256 were checked. ``classes`` are in
+    logit order; ``id`` is :func:`bundle_id`; ``trusted`` is False when only the manifest's own key was checked.
+    """
 
     path: Path
     manifest: dict[str, Any]
-    classes: list[str]
+    classes: tuple[str, ...]
     feature_config: FeatureConfig
     target: str
     key_id: str = ""
     trusted: bool = True
+    id: str = ""
     _head: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def identity(self) -> str:
+        """Same as :attr:`id` (the name of this bundle's device state folder)."""
+        return self.id
 
     def available(self) -> list[tuple[str, str, str]]:
         """``(kind, format, precision)`` of every graph in the bundle."""
@@ -750,12 +791,37 @@ class Bundle:
                 out.append((kind, fmt, prec))
         return sorted(out)
 
-    def has_graph(self, kind: str = "classifier", fmt: str = "onnx", precision: str = "int8") -> bool:
+    def has_graph(self, kind: str = "classifier", fmt: str | None = None, precision: str | None = None) -> bool:
+        fmt, precision = self.choose_graph(fmt, precision)
         return f"{fmt}_{precision}" in self.manifest["graphs"].get(kind, {})
 
-    def graph_path(self, kind: str = "classifier", fmt: str = "onnx", precision: str = "int8") -> Path:
-        """Path of a graph file; ``kind`` "classifier" | "embedding", ``fmt`` "onnx" | "tflite",
-        ``precision`` "fp32" | "int8". Raises :class:`BundleError` naming what the bundle has instead."""
+    @property
+    def recommended(self) -> dict[str, Any]:
+        """The graph the exporter recommends for the target: ``{"format", "precision", "threads"}`` (ONNX fp32 and
+        one thread for a bundle that names none)."""
+        rec = self.manifest.get("recommended") or {}
+        return {"format": str(rec.get("format", "onnx")), "precision": str(rec.get("precision", "fp32")),
+                "threads": int(rec.get("threads", 1) or 1)}
+
+    def choose_graph(self, fmt: str | None = None, precision: str | None = None) -> tuple[str, str]:
+        """``(format, precision)`` to run: what is asked, the rest from :attr:`recommended`. Asking for another
+        format than the recommended one without a precision gives fp32 of that format."""
+        rec = self.recommended
+        if fmt is None:
+            fmt = rec["format"]
+        if precision is None:
+            precision = rec["precision"] if fmt == rec["format"] else "fp32"
+        if fmt not in ("onnx", "tflite") or precision not in ("fp32", "int8"):
+            raise BundleError(f"unknown graph {fmt} {precision} (onnx|tflite, fp32|int8)")
+        return fmt, precision
+
+    def graph_path(self, kind: str = "classifier", fmt: str | None = None, precision: str | None = None) -> Path:
+        """Path of a graph file; ``kind`` "classifier" | "embedding", ``fmt`` "onnx" | "tflite", ``precision``
+        "fp32" | "int8"; a format or precision left out is the bundle's recommendation (:meth:`choose_graph`).
+        Raises :class:`BundleError` naming what the bundle has instead."""
+        if kind not in ("classifier", "embedding"):
+            raise BundleError(f"unknown graph kind {kind!r} (classifier or embedding)")
+        fmt, precision = self.choose_graph(fmt, precision)
         rel = self.manifest["graphs"].get(kind, {}).get(f"{fmt}_{precision}")
         if rel is None:
             have = ", ".join("/".join(t) for t in self.available()) or "none"
@@ -765,7 +831,11 @@ class Bundle:
     def head(self) -> tuple[np.ndarray, np.ndarray]:
         """``(W, b)``: ``W`` (n_classes, emb_dim), ``b`` (n_classes,), float32 (copies; safe to train in place)."""
         if self._head is None:
-            self._head = read_head(self.path / self.manifest["head"])
+            W, b = read_head(self.path / self.manifest["head"])
+            if W.shape[0] != len(self.classes):
+                raise BundleError(f"bundle {self.path}: head has {W.shape[0]} rows but the bundle has "
+                                  f"{len(self.classes)} classes")
+            self._head = (W, b)
         return self._head[0].copy(), self._head[1].copy()
 
     @property
@@ -777,6 +847,21 @@ class Bundle:
     def metrics(self) -> dict[str, Any]:
         return dict(self.manifest.get("metrics") or {})
 
+    @property
+    def detector(self) -> dict[str, Any]:
+        """The detector settings the bundle ships (``temperature``, ``threshold``: fitted on held-out synthetic
+        streams by the server), or ``{}``; values that make no sense are dropped."""
+        d = self.manifest.get("detector")
+        if not isinstance(d, dict):
+            return {}
+        out: dict[str, Any] = {}
+        T, thr = d.get("temperature"), d.get("threshold")
+        if isinstance(T, (int, float)) and math.isfinite(T) and T > 0:
+            out["temperature"] = float(T)
+        if isinstance(thr, (int, float)) and 0.0 <= thr <= 1.0:
+            out["threshold"] = float(thr)
+        return out
+
 
 def load_bundle(path: str | os.PathLike, public_key: Any = None, *, trust_embedded_key: bool = False) -> Bundle:
     """Verify (see :func:`verify_bundle`) and open a bundle directory. A ``.tar`` must be unpacked first
@@ -785,8 +870,8 @@ def load_bundle(path: str | os.PathLike, public_key: Any = None, *, trust_embedd
     if p.is_file():
         raise BundleError(f"{p} is an archive; unpack it into a folder first (unpack_bundle(tar, dest))")
     m = verify_bundle(p, public_key, trust_embedded_key=trust_embedded_key)
-    return Bundle(path=p, manifest=m.data, classes=m.classes, feature_config=m.feature_config, target=m.target,
-                  key_id=m.key_id, trusted=m.trusted)
+    return Bundle(path=p, manifest=m.data, classes=tuple(m.classes), feature_config=m.feature_config,
+                  target=m.target, key_id=m.key_id, trusted=m.trusted, id=m.id)
 
 
 def describe(manifest: Manifest, on_line: Callable[[str], None]) -> None:

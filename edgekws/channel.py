@@ -22,11 +22,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from edgekws.bundle import load_private_key, load_public_key
+from edgekws.bundle import BUNDLE_ID_RE, NAME_RE, load_private_key, load_public_key
 
 __all__ = [
     "DEFAULT_VALID_DAYS",
@@ -43,8 +42,8 @@ POINTER_FORMAT = "edgekws-channel"
 POINTER_FORMAT_VERSION = 1
 DEFAULT_VALID_DAYS = 30.0
 MAX_POINTER_BYTES = 2048
-_ID_RE = re.compile(r"^[0-9a-f]{16}$")
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_ID_RE = BUNDLE_ID_RE
+_NAME_RE = NAME_RE
 
 
 class PointerError(ValueError):
@@ -58,7 +57,7 @@ def _iso(t: datetime) -> str:
 def parse_time(text: Any) -> datetime:
     """A UTC ``datetime`` from an ISO 8601 time (``...Z`` or with an offset); ValueError otherwise."""
     if not isinstance(text, str):
-        raise ValueError(f"not a time: {text!r}")  # noqa: TRY004 - callers catch ValueError for any bad time
+        raise ValueError(f"not a time: {text!r}")
     t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 

@@ -54,18 +54,15 @@ def check_bundle(bundle: str | os.PathLike, dataset: str, data_dir: str | os.Pat
         ValueError: the dataset lacks a keyword of the bundle, or the bundle cannot be used (message says why).
         FileNotFoundError: no dataset at ``data_dir``.
     """
-    from edgekws.device.model import DeviceModel, DeviceModelError, open_bundle
-
     from edgekws.datasets import load_dataset, split_indices
     from edgekws.datasets.cache import load_waveforms
+    from edgekws.device.model import DeviceModel, DeviceModelError, open_bundle
 
     t0 = time.perf_counter()
     try:
         info = open_bundle(bundle, public_key, trust_embedded_key=trust_embedded_key)
-        rec = info.manifest.get("recommended") or {}
-        fmt = fmt or rec.get("format", "onnx")
-        precision = precision or rec.get("precision", "fp32")
-        model = DeviceModel(info, fmt=fmt, precision=precision, threads=threads)
+        model = DeviceModel(info, fmt=fmt, precision=precision, threads=threads)  # recommended unless asked
+        fmt, precision = model.fmt, model.precision
     except DeviceModelError as exc:
         raise ValueError(str(exc)) from None
     keywords = tuple(c for c in info.classes if not c.startswith("_"))

@@ -65,12 +65,16 @@ from pathlib import Path
 from typing import Any
 
 from edgekws.bundle import (
+    BUNDLE_ID_RE,
+    DEVICE_ID_RE,
+    NAME_RE,
     BundleError,
     load_private_key,
     load_public_key,
     pack_bundle,
     verify_bundle,
 )
+from edgekws.bundle import bundle_id as _bundle_id
 from edgekws.channel import (
     DEFAULT_VALID_DAYS,
     PointerError,
@@ -102,9 +106,7 @@ DEFAULT_CHANNELS = ("stable", "beta")
 DEFAULT_MAX_BUNDLE_BYTES = 128 << 20
 TOKEN_ENV = "EDGEKWS_REGISTRY_TOKEN"
 
-ID_RE = re.compile(r"^[0-9a-f]{16}$")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # targets and channels
-DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ID_RE, NAME_RE, DEVICE_RE = BUNDLE_ID_RE, NAME_RE, DEVICE_ID_RE  # bundle ids, targets and channels, device names
 CHECKIN_STATUSES = ("installed", "up-to-date", "rolled-back", "failed", "running")
 _CHUNK = 512 * 1024  # per read of a download; each read is one hop to the thread pool
 
@@ -539,12 +541,12 @@ def create_app(cfg: RegistryConfig) -> Any:
         return data, sig, int(doc["version"])
 
     @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:  # noqa: ARG001
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         detail = _safe_text(exc.detail, 2000) if isinstance(exc.detail, str) else exc.detail
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:  # noqa: ARG001
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # where and what, never the input itself (it may be large, or not encodable)
         parts = []
         for err in exc.errors()[:5]:
@@ -699,7 +701,7 @@ def create_app(cfg: RegistryConfig) -> Any:
         if not NAME_RE.match(manifest.target):
             raise bad(422, f"bundle target {manifest.target!r} is not a valid target name")
         raw = _manifest_bytes(tmp)
-        bundle_id = hashlib.sha256(raw).hexdigest()[:16]
+        bundle_id = _bundle_id(raw)
         dest = store.blob(bundle_id)
         now = _now()
         with store.connect() as con:
@@ -977,7 +979,7 @@ def _error_detail(status: int, body: bytes, reason: str = "") -> str:
         if isinstance(detail, list):  # FastAPI validation errors
             detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail)
         return str(detail)
-    except Exception:  # noqa: BLE001 - any non-JSON body
+    except Exception:
         return reason or f"HTTP {status}"
 
 
@@ -1099,7 +1101,7 @@ def publish(bundle: str | os.PathLike, server: str, channel: str = "stable", tok
                 manifest_target = str(json.loads(raw)["target"])
             except (ValueError, KeyError, TypeError):
                 raise BundleError(f"{src}: manifest.json names no target") from None
-            signed = _signed_pointer(base, manifest_target, channel, hashlib.sha256(raw).hexdigest()[:16],
+            signed = _signed_pointer(base, manifest_target, channel, _bundle_id(raw),
                                      pointer_key, valid_days, min(timeout, 30.0))
             headers.update({"X-Channel-Pointer": signed["pointer"], "X-Channel-Pointer-Signature": signed["signature"]})
         try:

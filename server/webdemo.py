@@ -32,7 +32,6 @@ import hashlib
 import html
 import json
 import os
-import re
 import tarfile
 import tempfile
 import threading
@@ -40,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgekws.bundle import load_public_key, unpack_bundle
+from edgekws.bundle import BUNDLE_ID_RE, NAME_RE, bundle_id, load_public_key, unpack_bundle
 from edgekws.fileio import atomic_write_json
 
 __all__ = [
@@ -57,8 +56,7 @@ __all__ = [
     "runtime_assets",
 ]
 
-ID_RE = re.compile(r"^[0-9a-f]{16}$")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+ID_RE = BUNDLE_ID_RE
 WEB_ENV = "EDGEKWS_WEB_DIR"
 _TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".wasm": "application/wasm",
           ".json": "application/json", ".html": "text/html; charset=utf-8", ".pem": "application/x-pem-file"}
@@ -212,7 +210,7 @@ class LocalBundleSource:
             raise DemoError(str(exc), 409) from None
         self.dir = unpacked
         raw = (unpacked / "manifest.json").read_bytes()
-        self.id = hashlib.sha256(raw).hexdigest()[:16]
+        self.id = bundle_id(raw)
         self.manifest = self.info.manifest
         self.keys = [] if trust_embedded_key else _key_entries([public_key])
         self.ref = BundleRef(id=self.id, target=self.info.target, channel="", created_at=self.manifest["created_at"],
