@@ -523,9 +523,10 @@ def synth_other_speech(n: int, seed: int, sample_rate: int) -> list[tuple[np.nda
 def open_like_listen(bundle: Path, state: Path | None, public_key: Path | None, embedded_key: bool,
                      fmt: str | None = None, precision: str | None = None):
     """The model ``edgekws listen --bundle B [--state S]`` runs (same loader, same defaults)."""
-    from edgekws.cli_device import _load_model
+    from edgekws.device import Spotter
 
-    return _load_model(bundle, fmt, precision, 1, state, state is not None, public_key, embedded_key, True)
+    return Spotter.open(bundle, public_key=public_key, trust_embedded_key=embedded_key, state=state,
+                        local=state is not None, fmt=fmt, precision=precision, threads=1).model
 
 
 def finetune_variant(bundle: Path, public_key: Path | None, embedded_key: bool, pool: dict, per_class: int,

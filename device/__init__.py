@@ -1,24 +1,47 @@
 """Torch-free device runtime (edgekws.device). Nothing in this package may import torch (tested).
 
+The front door is :class:`Spotter`::
+
+    from edgekws.device import Spotter
+
+    with Spotter.open("bundle/", public_key="signing.pub") as spotter:
+        for block in blocks:                      # float32 mono at spotter.sample_rate
+            for d in spotter.feed(block):
+                print(d.time, d.keyword, d.score)
+
 Modules:
 
-- ``backend``: one ``predict(batch)`` over ONNX Runtime and TFLite graphs.
-- ``stream``: audio sources (microphone, WAV file, raw PCM on stdin), 16 kHz mono float32 blocks.
-- ``model``: a verified bundle, its graphs and head, local fine-tuned versions in the device state folder.
-- ``runtime``: the streaming keyword detector (ring buffer of MFCC frames, smoothing, thresholds, events).
-- ``prototypes``: VAD segmentation, embeddings, which clips to ask a person about.
+- ``spotter``: :class:`Spotter`, a verified bundle's recommended graph, local fine-tuned heads and updates, fed audio.
+- ``backend``: one ``predict(batch)`` over ONNX Runtime and TFLite graphs (export parity runs it too).
+- ``stream``: audio sources (microphone, sound file read in blocks, raw PCM on stdin), 16 kHz mono float32 blocks.
+- ``model``: a verified bundle's graphs and head, local fine-tuned versions in the device state folder.
+- ``frontend``: MFCC or the speech-embedding graphs: audio to model inputs, whole clips or streamed.
+- ``runtime``: the streaming keyword detector (windows, smoothing, thresholds, level gate, events).
+- ``prototypes``: VAD segmentation, embeddings, which clips to ask a person about (bounded memory on any length).
 - ``store`` / ``labeling``: SQLite label store, terminal and loopback web labelling.
 - ``finetune``: numpy head training on frozen embeddings (coreset soft labels + labelled clips).
-- ``update``: pull, verify, install and roll back bundles.
+- ``update``: pull, verify, smoke-test (through a Spotter), install and roll back bundles.
 
-Typical use::
-
-    from edgekws.device.model import DeviceModel, open_bundle
-    from edgekws.device.runtime import Detector, run_detector
-    from edgekws.device.stream import WavSource
-
-    info = open_bundle("bundle/", public_key="signing.pub")
-    det = Detector(DeviceModel(info, calibrate=True), info.feature_config)
-    for event in run_detector(det, WavSource("speech.wav")):
-        print(event.time, event.keyword, event.score)
+Submodules are imported when first used, so ``import edgekws.device`` costs nothing.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .model import DeviceModelError
+    from .runtime import Detection, DetectorConfig
+    from .spotter import Spotter
+
+__all__ = ["Detection", "DetectorConfig", "DeviceModelError", "Spotter"]
+
+_WHERE = {"Spotter": "spotter", "Detection": "runtime", "DetectorConfig": "runtime", "DeviceModelError": "model"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -124,6 +124,10 @@ class LabelStore:
                 ids.append(int(cur.lastrowid))
         return ids
 
+    def count(self) -> int:
+        """How many clips the store holds."""
+        return int(self._db.execute("SELECT COUNT(*) FROM clips").fetchone()[0])
+
     def request(self, clip_ids: Sequence[int]) -> None:
         """Mark clips as chosen for labelling (prototypes)."""
         with self._tx() as db:

@@ -43,7 +43,6 @@ import base64
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -62,7 +61,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgekws.bundle import BundleError, load_public_key, unpack_bundle, verify_bundle
+from edgekws.bundle import (
+    BUNDLE_ID_RE,
+    DEVICE_ID_RE,
+    NAME_RE,
+    BundleError,
+    bundle_id,
+    load_public_key,
+    unpack_bundle,
+    verify_bundle,
+)
 from edgekws.channel import PointerError, decode_pointer, parse_time, verify_pointer
 from edgekws.fileio import (
     atomic_open,
@@ -86,7 +94,7 @@ __all__ = [
     "update",
 ]
 
-ID_RE = re.compile(r"^[0-9a-f]{16}$")
+ID_RE = BUNDLE_ID_RE
 _CHUNK = 64 * 1024
 Progress = Callable[[dict], None]
 
@@ -95,13 +103,18 @@ class UpdateError(RuntimeError):
     """An update or rollback did not happen; the device keeps the bundle it had. The message says why."""
 
 
-def default_root() -> Path:
-    home = os.environ.get("EDGEKWS_DEVICE_HOME") or Path.home() / ".local" / "share" / "edgekws" / "device"
-    return Path(home) / "bundles"
-
-
 def default_state_root() -> Path:
-    return Path(os.environ.get("EDGEKWS_DEVICE_HOME") or Path.home() / ".local" / "share" / "edgekws" / "device")
+    """The device state root, as ``listen`` and the ``device`` commands use it
+    (:func:`edgekws.device.model.default_state_root`)."""
+    from .model import default_state_root as root
+
+    return root()
+
+
+def default_root() -> Path:
+    """``<device state root>/bundles``: ``$EDGEKWS_DEVICE_HOME/bundles`` (else ``$EDGEKWS_HOME/device/bundles``, else
+    ``~/.local/share/edgekws/device/bundles``)."""
+    return default_state_root() / "bundles"
 
 
 @dataclass(frozen=True)
@@ -110,7 +123,8 @@ class UpdateConfig:
 
     public_key: the pinned signer key (object, PEM file or key folder; None: ``$EDGEKWS_HOME/keys/signing.pub``).
     state_root: device state root (local heads); None: ``$EDGEKWS_DEVICE_HOME`` as the device commands use.
-    fmt, precision: the graphs the smoke test runs (those the device's detector will use).
+    fmt, precision: the graph the smoke test runs; None (default): the bundle's recommendation, which is what
+    ``listen`` and :class:`~edgekws.device.Spotter` run.
     """
 
     server: str
@@ -120,8 +134,8 @@ class UpdateConfig:
     public_key: Any = None
     state_root: Path | None = None
     device_id: str | None = None
-    fmt: str = "onnx"
-    precision: str = "fp32"
+    fmt: str | None = None
+    precision: str | None = None
     smoke_timeout: float = 120.0
     http_timeout: float = 30.0
     keep: int = 3
@@ -138,7 +152,7 @@ class UpdateConfig:
         if u.scheme not in ("http", "https") or not u.netloc:
             raise ValueError(f"server URL must look like http://HOST:PORT, got {self.server!r}")
         for name in ("target", "channel"):
-            if not re.match(r"^[a-z0-9][a-z0-9_-]{0,31}$", getattr(self, name)):
+            if not NAME_RE.match(getattr(self, name)):
                 raise ValueError(f"invalid {name} {getattr(self, name)!r}")
         if self.keep < 2:
             raise ValueError("keep must be at least 2 (the bundle in use and the previous one)")
@@ -207,7 +221,9 @@ class CurrentWatcher:
         w = CurrentWatcher(root)
         for block in source:
             if w.changed():
-                model = DeviceModel(open_bundle(w.path, key), state=...)
+                spotter = Spotter.open(w.path, public_key=key)
+
+    (:class:`~edgekws.device.Spotter` opened on ``<root>/current`` does this by itself.)
     """
 
     def __init__(self, root: str | os.PathLike | None = None):
@@ -284,7 +300,7 @@ def device_id(root: Path) -> str:
     p = root / "device_id"
     if p.is_file():
         v = p.read_text().strip()
-        if re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", v):
+        if DEVICE_ID_RE.match(v):
             return v
     v = f"dev-{uuid.uuid4().hex[:12]}"
     atomic_write_bytes(p, (v + "\n").encode())
@@ -368,7 +384,7 @@ def _check_pointer(release: dict, cfg: UpdateConfig, root: Path, key: Any) -> di
 
 
 def _identity(bundle_dir: Path) -> str:
-    return hashlib.sha256((bundle_dir / "manifest.json").read_bytes()).hexdigest()[:16]
+    return bundle_id(bundle_dir)
 
 
 def embedding_fingerprint(manifest: dict) -> dict[str, str]:
@@ -404,7 +420,7 @@ def _get_json(url: str, timeout: float) -> dict:
 def _detail(exc: urllib.error.HTTPError) -> str:
     try:
         return str(json.loads(exc.read(4096)).get("detail"))
-    except Exception:  # noqa: BLE001 - any non-JSON error body
+    except Exception:
         return str(exc.reason)
 
 
@@ -440,7 +456,7 @@ def _download(url: str, dl: Path, release: dict, cfg: UpdateConfig, emit: Progre
     if have < size:
         req = urllib.request.Request(url, headers=headers)
         try:
-            resp = urllib.request.urlopen(req, timeout=cfg.http_timeout)  # noqa: S310 - http(s) checked in cfg
+            resp = urllib.request.urlopen(req, timeout=cfg.http_timeout)
         except urllib.error.HTTPError as exc:
             if exc.code == 416:  # the part does not fit the server's archive: start over next time
                 part.unlink(missing_ok=True)
@@ -526,39 +542,56 @@ def _raw_key_b64(public_key: Any) -> str:
     return base64.b64encode(raw).decode()
 
 
-def _smoke_child(bundle: str, key_b64: str, state: str | None, fmt: str, precision: str) -> dict:
-    """Runs in the smoke-test process: open the bundle as ``listen`` would and run one inference."""
+def _smoke_child(bundle: str, key_b64: str, state_root: str | None, fmt: str | None, precision: str | None) -> dict:
+    """Runs in the smoke-test process: open the bundle as ``listen`` does (:class:`~edgekws.device.Spotter`:
+    the recommended graph unless asked, the bundle's front end, the local head) and feed it audio until it
+    has classified at least one window."""
     import numpy as np
 
-    from edgekws.device.model import DeviceModel, open_bundle
+    from edgekws.device.spotter import Spotter
 
     t0 = time.perf_counter()
-    info = open_bundle(bundle, base64.b64decode(key_b64))
-    fc = info.feature_config
-    y = (np.random.default_rng(0).standard_normal(int(fc.sample_rate * fc.clip_seconds)) * 1e-3).astype(np.float32)
-    # the bundle's own front end (MFCC, or the speech-embedding graphs it carries) makes the model's input
-    x = DeviceModel(info, fmt=fmt, precision=precision, threads=1).clip_inputs(y[None])
-    out: dict[str, Any] = {"classes": len(info.classes)}
-    runs = [("bundle", None)] + ([("local", Path(state))] if state else [])
-    for name, sd in runs:
-        model = DeviceModel(info, fmt=fmt, precision=precision, threads=1, state=sd)
-        if name == "local" and model.version is None:
-            continue
-        logits = np.asarray(model.logits(x))
-        if logits.shape != (1, len(model.classes)) or not np.all(np.isfinite(logits)):
-            raise RuntimeError(f"{name} model gave logits of shape {logits.shape} (finite: "
-                               f"{bool(np.all(np.isfinite(logits)))}) for {len(model.classes)} classes")
-        out[name] = {"version": model.version, "classes": len(model.classes), "top": int(np.argmax(logits))}
+    key = base64.b64decode(key_b64)
+    out: dict[str, Any] = {}
+    runs = [("bundle", None)] + ([("local", state_root)] if state_root else [])
+    for name, root in runs:
+        spotter = Spotter.open(bundle, public_key=key, state=root, local=root is not None, fmt=fmt,
+                               precision=precision, threads=1, calibrate=False, check_every_s=None)
+        with spotter:
+            if name == "local" and spotter.version is None:
+                continue
+            fc = spotter.feature_config
+            n = int(fc.sample_rate * (spotter.window_seconds + 0.25))
+            y = (np.random.default_rng(0).standard_normal(n) * 1e-3).astype(np.float32)
+            hops = spotter.hops(y)
+            if not hops:
+                raise RuntimeError(f"{name} model: {n / fc.sample_rate:.2f} s of audio gave no inference")
+            logits = np.stack([h.logits for h in hops])
+            if logits.shape[1] != len(spotter.classes) or not np.all(np.isfinite(logits)):
+                raise RuntimeError(f"{name} model gave logits of shape {logits.shape} (finite: "
+                                   f"{bool(np.all(np.isfinite(logits)))}) for {len(spotter.classes)} classes")
+            out.setdefault("classes", len(spotter.bundle.classes))
+            out["graph"] = spotter.graph
+            out[name] = {"version": spotter.version, "classes": len(spotter.classes),
+                         "top": int(np.argmax(logits[-1])), "graph": spotter.graph}
     out["seconds"] = round(time.perf_counter() - t0, 4)
     return out
 
 
 def smoke_test(bundle_dir: str | os.PathLike, public_key: Any = None, *, state_dir: str | os.PathLike | None = None,
-               fmt: str = "onnx", precision: str = "fp32", timeout: float = 120.0) -> dict:
-    """Load a bundle's graphs in a separate process and run one inference (and one through the local head in
-    ``state_dir`` when there is one). A crash, hang (``timeout``) or bad output raises :class:`UpdateError`."""
+               fmt: str | None = None, precision: str | None = None, timeout: float = 120.0) -> dict:
+    """Run a bundle in a separate process as the detector will (:class:`~edgekws.device.Spotter`, the bundle's
+    recommended graph unless ``fmt``/``precision`` say otherwise), and once more with the local head in
+    ``state_dir`` (``<state root>/<bundle id>``) when there is one. A crash, hang (``timeout``) or bad output
+    raises :class:`UpdateError`."""
+    root = ""
+    if state_dir is not None:
+        sd = Path(state_dir)
+        if sd.name != _identity(Path(bundle_dir)):
+            raise UpdateError(f"smoke test: {sd} is not the state folder of bundle {_identity(Path(bundle_dir))}")
+        root = str(sd.parent)
     cmd = [sys.executable, "-m", "edgekws.device.update", "smoke", str(bundle_dir), _raw_key_b64(public_key),
-           str(state_dir or ""), fmt, precision]
+           root, fmt or "", precision or ""]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -777,7 +810,7 @@ def update(cfg: UpdateConfig, progress: Progress | None = None) -> UpdateResult:
 
 
 def rollback(root: str | os.PathLike | None = None, public_key: Any = None, *, to: str | None = None,
-             state_root: str | os.PathLike | None = None, fmt: str = "onnx", precision: str = "fp32",
+             state_root: str | os.PathLike | None = None, fmt: str | None = None, precision: str | None = None,
              smoke_timeout: float = 120.0, checkin: UpdateConfig | None = None) -> UpdateResult:
     """Go back to the previous bundle (or ``to``, an installed id): verify it, smoke-test it, switch.
 
@@ -845,8 +878,8 @@ def status(root: str | os.PathLike | None = None) -> dict:
 def _main(argv: list[str]) -> int:
     if len(argv) == 6 and argv[0] == "smoke":
         try:
-            out = _smoke_child(argv[1], argv[2], argv[3] or None, argv[4], argv[5])
-        except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
+            out = _smoke_child(argv[1], argv[2], argv[3] or None, argv[4] or None, argv[5] or None)
+        except Exception as exc:
             sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
             return 1
         sys.stdout.write(json.dumps(out) + "\n")
