@@ -11,8 +11,10 @@
 
 :meth:`Spotter.open` verifies the bundle (signature and every file's sha256), runs the graph the bundle recommends
 (format and precision; ``fmt``/``precision`` override it), uses the newest fine-tuned head of this device's state
-folder when there is one, fits the softmax temperature on the bundle's coreset (cached in the state folder) and
-builds the streaming detector (:class:`~edgekws.device.runtime.Detector`) with the bundle's front end. While audio
+folder when there is one, uses the softmax temperature and the detector threshold the bundle ships (a bundle
+that ships no temperature gets one fitted on its coreset, cached in the state folder; one that ships no threshold
+gets :class:`~edgekws.device.runtime.DetectorConfig`'s) and builds the streaming detector
+(:class:`~edgekws.device.runtime.Detector`) with the bundle's front end. While audio
 flows, every ``check_every_s`` seconds of it, the spotter looks for a new local version (``edgekws device
 finetune``) and, when it was opened through a symbolic link such as ``<root>/current``, for an update or rollback
 that switched the link; it switches without losing a block, and says so through ``on_event``. ``edgekws listen``,
@@ -48,16 +50,20 @@ class Spotter:
 
     Attributes: ``classes`` (logit order; names starting with ``_`` never fire), ``sample_rate`` of the audio it
     expects, ``bundle`` (the verified :class:`~edgekws.bundle.Bundle`), ``model`` (its
-    :class:`~edgekws.device.model.DeviceModel`), ``detector`` and ``graph`` (e.g. ``"onnx int8"``).
+    :class:`~edgekws.device.model.DeviceModel`), ``detector`` and ``graph`` (e.g. ``"onnx int8"``), ``config``
+    (the detector's settings) and ``threshold_source``: where ``config.threshold`` came from, ``"given"`` (the
+    ``threshold`` argument), ``"bundle"`` (the threshold the bundle ships) or ``"config"`` (the configuration's own,
+    for a bundle that ships none).
     """
 
     def __init__(self, bundle: Bundle, model: DeviceModel, config: DetectorConfig, *, opened: dict[str, Any],
                  link: Path | None = None, check_every_s: float | None = 2.0,
-                 on_event: Callable[[SpotterEvent], None] | None = None) -> None:
+                 on_event: Callable[[SpotterEvent], None] | None = None, threshold: float | None = None) -> None:
         self.bundle = bundle
         self.model = model
-        self.config = config
-        self.detector = Detector(model, bundle.feature_config, config)
+        self._base_config, self._threshold = config, threshold
+        self.config, self.threshold_source = _with_threshold(config, threshold, bundle)
+        self.detector = Detector(model, bundle.feature_config, self.config)
         self._opened = opened
         self._link = link
         self._target = _readlink(link) if link is not None else None
@@ -95,9 +101,12 @@ class Spotter:
             fine-tuned heads and the cached temperature. ``local=False`` ignores fine-tuned heads.
         fmt, precision : the graph to run (default: the bundle's recommendation). ``threads`` default: the
             bundle's recommendation.
-        config : the detector's settings (:class:`DetectorConfig`); ``threshold`` / ``thresholds`` replace its
+        config : the detector's settings (:class:`DetectorConfig`); ``thresholds`` replaces its per-keyword
             thresholds. A threshold for a class the bundle does not know raises ValueError.
-        calibrate : fit the softmax temperature on the bundle's coreset (cached per graph in the state folder).
+        threshold : the default posterior threshold; None: the one the bundle ships (its manifest's ``detector``),
+            else ``config.threshold`` (0.6 by default). An updated bundle brings its own shipped threshold.
+        calibrate : use the softmax temperature the bundle ships, else fit one on the bundle's coreset (cached per
+            graph in the state folder); False leaves the logits as they are.
         check_every_s : look for a switched bundle or a new local version after this much audio (None: never).
         on_event : called with a :data:`SpotterEvent` when the spotter switches (or refuses to).
 
@@ -107,10 +116,10 @@ class Spotter:
         ValueError : invalid detector settings.
         """
         cfg = config or DetectorConfig()
-        if threshold is not None or thresholds is not None:
-            cfg = DetectorConfig(**{**_fields(cfg),
-                                    **({"threshold": threshold} if threshold is not None else {}),
-                                    **({"thresholds": dict(thresholds)} if thresholds is not None else {})})
+        if thresholds is not None:
+            cfg = DetectorConfig(**{**_fields(cfg), "thresholds": dict(thresholds)})
+        if threshold is not None:  # refused before the bundle is opened
+            DetectorConfig(**{**_fields(cfg), "threshold": threshold})
         opened = {"public_key": public_key, "trust_embedded_key": trust_embedded_key, "state": state, "local": local,
                   "fmt": fmt, "precision": precision, "threads": threads, "calibrate": calibrate}
         path = Path(bundle)
@@ -119,7 +128,7 @@ class Spotter:
         if unknown:
             raise ValueError(f"thresholds name unknown keywords {unknown}; the model knows {list(model.classes)}")
         return cls(b, model, cfg, opened=opened, link=path if path.is_symlink() else None,
-                   check_every_s=check_every_s, on_event=on_event)
+                   check_every_s=check_every_s, on_event=on_event, threshold=threshold)
 
     # what an app reads ------------------------------------------------------------------------------------------
 
@@ -209,6 +218,7 @@ class Spotter:
             return False
         self.close_model()
         self.bundle, self.model = b, model
+        self.config, self.threshold_source = _with_threshold(self._base_config, self._threshold, b)
         self.detector = Detector(model, b.feature_config, self.config)
         self._emit({"event": "bundle", "bundle": now, "id": b.id})
         return True
@@ -241,6 +251,17 @@ def _fields(cfg: DetectorConfig) -> dict[str, Any]:
     import dataclasses
 
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def _with_threshold(cfg: DetectorConfig, threshold: float | None, bundle: Bundle) -> tuple[DetectorConfig, str]:
+    """``cfg`` with its default threshold and where that came from: ``threshold`` when given (``"given"``), else
+    the one ``bundle`` ships (``"bundle"``), else ``cfg``'s own (``"config"``)."""
+    if threshold is not None:
+        return DetectorConfig(**{**_fields(cfg), "threshold": threshold}), "given"
+    shipped = bundle.detector.get("threshold")
+    if shipped is not None:
+        return DetectorConfig(**{**_fields(cfg), "threshold": shipped}), "bundle"
+    return cfg, "config"
 
 
 def _readlink(link: Path) -> str | None:

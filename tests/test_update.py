@@ -416,7 +416,7 @@ def test_updater_imports_without_torch():
                 if name == "torch" or name.startswith("torch.") or name == "fastapi":
                     raise ImportError("blocked: " + name)
         sys.meta_path.insert(0, Block())
-        import edgekws.device.update, edgekws.cli_ship
+        import edgekws.device.update, edgekws.cli.ship
         print("ok")
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+
+from .console import console
+from .console import fail as _fail
 
 server_app = typer.Typer(no_args_is_help=True, help="Server side: the bundle registry devices update from.")
-console = Console(stderr=True)
 
 _KEY_HELP = "pinned signer public key (PEM file or key folder); default $EDGEKWS_HOME/keys/signing.pub"
 _ROOT_HELP = "install root (versions/, current, previous); default $EDGEKWS_DEVICE_HOME/bundles"
@@ -25,25 +26,14 @@ _POINTER_KEY_HELP = ("signing key (the bundles' private key, PEM): release with 
 _VALID_DAYS_HELP = "days the signed pointer stays valid; re-issue it (promote the same id again) before then"
 
 
-def _fail(msg: str) -> None:
-    from rich.markup import escape
-
-    console.print(f"[bold red]error:[/] {escape(str(msg))}", markup=True, highlight=False)
-    raise typer.Exit(2)
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``server``, ``deploy`` and the updater's commands to the main app (``device`` group when present)."""
+    """Add ``server``, ``deploy`` and the updater's commands (``device update|rollback|installed``)."""
+    from .device import device_app
+
     app.add_typer(server_app, name="server")
     app.command("deploy")(deploy)
-    from edgekws.cli_demo import demo
-
-    app.command("demo")(demo)
-    try:
-        from edgekws.cli_device import device_app
-    except ImportError:  # pragma: no cover - the device commands ship with edgekws; keep ours reachable anyway
-        device_app = typer.Typer(no_args_is_help=True, help="On the device: over-the-air updates.")
-        app.add_typer(device_app, name="device")
     device_app.command("update")(device_update)
     device_app.command("rollback")(device_rollback)
     device_app.command("installed")(device_installed)
@@ -90,8 +80,9 @@ def serve_cmd(
     except (OSError, ValueError) as exc:
         _fail(str(exc))
 
-    from edgekws.cli_demo import print_tls_help, resolve_tls
     from edgekws.server.webdemo import DemoConfig
+
+    from .demo import print_tls_help, resolve_tls
 
     served_tls, tls_files = resolve_tls(host, tls, tls_cert, tls_key)
     if tls_files is not None:
@@ -100,7 +91,7 @@ def serve_cmd(
         cfg = dataclasses.replace(cfg, demo=DemoConfig(ca_cert=tls_files.ca))
 
     def ready(url: str) -> None:
-        console.print(f"bundle registry on {url}  (root {root}, publish token from {source}; Ctrl-C stops); "
+        console().print(f"bundle registry on {url}  (root {root}, publish token from {source}; Ctrl-C stops); "
                       f"try a release in a browser: {url}/demo/<target>?channel=stable")
         if tls_files is not None:
             print_tls_help(tls_files, "/demo/<target>", int(url.rsplit(":", 1)[1]), host)
@@ -134,7 +125,7 @@ def promote_cmd(
     except (RegistryError, FileNotFoundError, ValueError, TypeError) as exc:
         _fail(str(exc))
     signed = f"; signed pointer valid {valid_days:g} days" if key else ""
-    console.print(f"{target}/{channel} now serves {info['id']} (created {info['created_at']}{signed})")
+    console().print(f"{target}/{channel} now serves {info['id']} (created {info['created_at']}{signed})")
 
 
 @server_app.command("enrol")
@@ -156,7 +147,7 @@ def enrol_cmd(
         sys.stdout.write(json.dumps(info) + "\n")
         return
     sys.stdout.write(info["token"] + "\n")
-    console.print(f"enrolled {device_id}: on the device, write the token above to <root>/device_token (mode 600) "
+    console().print(f"enrolled {device_id}: on the device, write the token above to <root>/device_token (mode 600) "
                   f"or pass it with --device-token-file, and update with --device-id {device_id}")
 
 
@@ -195,7 +186,7 @@ def publish_bundle(bundle: Path, server: str, channel: str = "stable", token: Op
     except (RegistryError, BundleError, FileNotFoundError, ValueError, TypeError) as exc:
         _fail(str(exc))
     verb = "published" if info.get("created") else "already stored; released"
-    console.print(f"{verb} bundle {info['id']} (target {info['target']}, {info['size'] / 1024:.1f} KB, sha256 "
+    console().print(f"{verb} bundle {info['id']} (target {info['target']}, {info['size'] / 1024:.1f} KB, sha256 "
                   f"{info['sha256'][:16]}…) on {server} channel {channel}")
     return info
 
@@ -229,17 +220,17 @@ def _progress_printer(quiet: bool):
         kind = ev.get("event")
         if kind == "check":
             cur = ev.get("current") or "nothing"
-            console.print(f"newest release {ev['bundle']} ({ev['size'] / 1024:.1f} KB); installed: {cur}")
+            console().print(f"newest release {ev['bundle']} ({ev['size'] / 1024:.1f} KB); installed: {cur}")
         elif kind == "download":
             pct = int(100 * ev["done"] / max(1, ev["total"]))
             if pct // 25 != state["last"]:
                 state["last"] = pct // 25
                 extra = f" (resumed at byte {ev['resumed_from']})" if ev.get("resumed_from") else ""
-                console.print(f"  download {pct:3d} %{extra}")
+                console().print(f"  download {pct:3d} %{extra}")
         elif kind in ("verified", "smoke", "switched"):
-            console.print(f"  {kind}")
+            console().print(f"  {kind}")
         elif kind == "state":
-            console.print(f"  local fine-tuned state: {ev['local_state']}")
+            console().print(f"  local fine-tuned state: {ev['local_state']}")
 
     return on_event
 
@@ -252,8 +243,9 @@ def device_update(
     public_key: Optional[Path] = typer.Option(None, "--public-key", help=_KEY_HELP),
     state: Optional[Path] = typer.Option(None, "--state", help=_STATE_HELP),
     device_id: Optional[str] = typer.Option(None, "--device-id", help="name in check-ins (default: made once)"),
-    fmt: str = typer.Option("onnx", "--format", help="graphs the smoke test runs: onnx or tflite"),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 or int8"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="graph the smoke test runs, onnx or tflite (default: "
+                                      "the bundle's recommendation, as listen runs it)"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or int8 (default: as recommended)"),
     no_checkin: bool = typer.Option(False, "--no-checkin", help="do not report to the registry"),
     device_token_file: Optional[Path] = typer.Option(None, "--device-token-file",
                                                      help="this device's check-in token (from `edgekws server "
@@ -284,11 +276,11 @@ def device_update(
         sys.stdout.write(json.dumps(res.to_dict()) + "\n")
         return
     if res.status == "up-to-date":
-        console.print(f"up to date: {res.bundle}")
+        console().print(f"up to date: {res.bundle}")
         return
     got = f"{res.bytes_downloaded / 1024:.1f} KB downloaded" + (
         f", resumed at byte {res.resumed_from}" if res.resumed_from else "")
-    console.print(f"installed {res.bundle} (was {res.previous or 'nothing'}); {got}; smoke test "
+    console().print(f"installed {res.bundle} (was {res.previous or 'nothing'}); {got}; smoke test "
                   f"{res.smoke.get('seconds', 0) * 1000:.0f} ms; local state {res.local_state}; check-in "
                   f"{res.checkin}; {res.seconds:.2f} s")
 
@@ -314,7 +306,7 @@ def device_rollback(
     if as_json:
         sys.stdout.write(json.dumps(res.to_dict()) + "\n")
         return
-    console.print(f"rolled back to {res.bundle} (from {res.previous}); local state {res.local_state}")
+    console().print(f"rolled back to {res.bundle} (from {res.previous}); local state {res.local_state}")
 
 
 def device_installed(

@@ -13,17 +13,21 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-console = Console(stderr=True)
+from .console import console
+from .console import fail as _fail
+from .console import thresholds as _thresholds
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as esc
+
+    return esc(text)
+
 
 _KEY_HELP = "signer's public key (PEM file or key folder); default $EDGEKWS_HOME/keys/signing.pub"
 
 
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(str(msg))}", highlight=False)
-    raise typer.Exit(2)
 
 
 def _loopback(host: str) -> bool:
@@ -63,16 +67,16 @@ def print_tls_help(files, url_path: str, port: int, host: str) -> None:
     from edgekws.server.tls import lan_addresses
 
     made = "made" if files.created else "reused"
-    console.print(f"HTTPS with a self-signed certificate ({made}: {files.cert}); its certificate authority is "
+    console().print(f"HTTPS with a self-signed certificate ({made}: {files.cert}); its certificate authority is "
                   f"{files.ca} (SHA-256 {files.ca_sha256[:32]}…; Python clients such as deploy trust it with "
                   f"SSL_CERT_FILE={files.ca})", highlight=False)
     if _loopback(host):
-        console.print(f"  listening on {host} only: a phone cannot reach it (use --host 0.0.0.0)", highlight=False)
+        console().print(f"  listening on {host} only: a phone cannot reach it (use --host 0.0.0.0)", highlight=False)
         return
     for a in lan_addresses() or ["<this machine's address>"]:
         host = f"[{a}]" if ":" in a else a
-        console.print(escape(f"  on a phone on the same network: https://{host}:{port}{url_path}"), highlight=False)
-    console.print(escape("  the browser warns about the certificate until the phone trusts the CA: install "
+        console().print(escape(f"  on a phone on the same network: https://{host}:{port}{url_path}"), highlight=False)
+    console().print(escape("  the browser warns about the certificate until the phone trusts the CA: install "
                          f"https://<address>:{port}/demo/ca.crt (see the README, 'Try it on a phone')"),
                   highlight=False)
 
@@ -97,9 +101,8 @@ def demo(
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level (info logs every request)"),
 ) -> None:
     """Serve a page that runs BUNDLE in the browser: microphone, level, top scores, detections (like `listen`)."""
-    from edgekws.cli_device import _thresholds
     from edgekws.device.runtime import DetectorConfig
-    from edgekws.server.registry import _bind, _uvicorn_server_for, _url
+    from edgekws.server.registry import _bind, _url, _uvicorn_server_for
     from edgekws.server.webdemo import (
         DemoConfig,
         DemoError,
@@ -146,15 +149,15 @@ def demo(
         url = url.replace("[::]", "localhost").replace("0.0.0.0", "localhost")
     signer = ("the key inside the manifest (integrity only)" if embedded_key
               else f"pinned key {source.keys[0]['key_id'][:16]}…")
-    console.print(f"bundle {source.id} (target {target}, {', '.join(source.info.classes)}); the page checks it "
+    console().print(f"bundle {source.id} (target {target}, {', '.join(source.info.classes)}); the page checks it "
                   f"against {signer}; classifier {plan['classifier']}, temperature {plan['temperature']:.3g}",
                   highlight=False)
     if files is not None:
         print_tls_help(files, f"/demo/{target}", sock.getsockname()[1], host)
     elif not _loopback(host):
-        console.print("[yellow]plain HTTP beyond this machine: a phone's browser will not give the page the "
+        console().print("[yellow]plain HTTP beyond this machine: a phone's browser will not give the page the "
                       "microphone; use --tls or --tls-cert/--tls-key[/]")
-    console.print(escape(f"open {url}/demo/{target}  (Ctrl-C stops)"), highlight=False)
+    console().print(escape(f"open {url}/demo/{target}  (Ctrl-C stops)"), highlight=False)
     sys.stdout.write(f"{url}/demo/{target}\n")
     sys.stdout.flush()
     server = _uvicorn_server_for(app, log_level, served_tls)

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .console import console
+from .console import fail as _fail
+
 experiment_app = typer.Typer(no_args_is_help=True, help="Experiments: the paper's tables, reproduced.")
-console = Console(stderr=True)
 
 _DATASETS = ("gsc", "us8k", "esc50", "esc10", "synthetic")
 _MODELS = ("cnn4", "resnet18")
@@ -26,11 +27,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(experiment_app, name="experiment")
 
 
-def _fail(msg: str) -> None:
-    from rich.markup import escape
-
-    console.print(f"[bold red]error:[/] {escape(str(msg))}", highlight=False)
-    raise typer.Exit(2)
 
 
 def _csv(text: Optional[str], kind: type, what: str) -> Optional[tuple]:
@@ -130,8 +126,7 @@ def tables(
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
     from edgekws.datasets import load_dataset
-    from edgekws.server.experiments import ExperimentConfig, load_reference, quick_config, run_experiment, \
-        write_report
+    from edgekws.server.experiments import ExperimentConfig, load_reference, quick_config, run_experiment, write_report
 
     cv = dataset in ("us8k", "esc50", "esc10")
     overrides: dict[str, Any] = {"model": model, "threads": threads, "device": device}
@@ -188,10 +183,10 @@ def tables(
     paths = write_report(report, out, name)
     for row in report["summary"]:
         a = row["accuracy"]
-        console.print(f"{row['method']:>17} {row['point']:>8}: {row['labelled']:6.0f} samples "
+        console().print(f"{row['method']:>17} {row['point']:>8}: {row['labelled']:6.0f} samples "
                       f"({row['percent']:5.2f} %)  {a['mean']:6.2f} ± {a['std']:5.2f} % (n={a['n']})",
                       highlight=False)
-    console.print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}; this call took "
+    console().print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}; this call took "
                   f"{report['wall_seconds'] / 60:.1f} min, all calls on {work} "
                   f"{report['wall_seconds_all_calls'] / 60:.1f} min",
                   highlight=False)

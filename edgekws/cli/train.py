@@ -1,44 +1,36 @@
-"""The ``edgekws`` command line: thin shells over library functions, with rich progress bars."""
+"""Server-side commands: ``train``, ``distill``, ``export``, ``evaluate``, ``bundle``, ``coreset``, ``models``,
+``data``. Thin shells over the library (torch is imported only when a command runs)."""
 
 from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
-import numpy as np
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distil audio datasets into tiny coresets and train keyword spotters for the edge.")
+from ._app import app
+from .console import console
+from .console import fail as _fail
+from .console import progress as _progress
+
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthesise the default keywords, inspect splits.")
 app.add_typer(data_app, name="data")
 bundle_app = typer.Typer(no_args_is_help=True, help="Signed bundles: signing keys, verification.")
 app.add_typer(bundle_app, name="bundle")
 
-from edgekws.cli_device import register as _register_device_commands  # noqa: E402  (listen, device …)
 
-_register_device_commands(app)
-from edgekws.cli_ship import register as _register_ship_commands  # noqa: E402  (server serve, deploy, device update …)
+def _table(*args: Any, **kwargs: Any) -> Any:
+    from rich.table import Table
 
-_register_ship_commands(app)
-from edgekws.cli_experiment import register as _register_experiment_commands  # noqa: E402  (experiment tables)
-
-_register_experiment_commands(app)
-from edgekws.cli_bench import register as _register_bench_command  # noqa: E402  (bench)
-
-_register_bench_command(app)
-console = Console(stderr=True)
+    return Table(*args, **kwargs)
 
 
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(str(msg))}")  # escaped: messages hold paths and [extras]
-    raise typer.Exit(2)
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def _keywords(text: Optional[str]) -> Optional[tuple[str, ...]]:
@@ -48,60 +40,6 @@ def _keywords(text: Optional[str]) -> Optional[tuple[str, ...]]:
     if not words:
         _fail("--keywords is empty")
     return words
-
-
-@contextmanager
-def _progress(enabled: bool = True) -> Iterator[Any]:
-    """A rich progress display and a callback that understands the library's progress events."""
-    if not enabled:
-        yield lambda ev: None
-        return
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    ) as prog:
-        tasks: dict[str, int] = {}
-        stage = {"train": "train"}  # a "stage" event names the training that the following epochs belong to
-
-        def task(name: str, total: int) -> int:
-            if name not in tasks:
-                tasks[name] = prog.add_task(name, total=total, info="")
-            return tasks[name]
-
-        def on_event(ev: dict[str, Any]) -> None:
-            kind = ev.get("event")
-            if kind in ("decode", "mfcc", "synthesise", "embed", "training streams", "validation streams"):
-                prog.update(task(kind, ev["total"]), completed=ev["done"], total=ev["total"])
-            elif kind == "stage":
-                stage["train"] = f"train {ev['stage']}"
-                prog.console.log(f"{ev['stage']}: {ev.get('detail', '')}")
-            elif kind == "epoch":
-                info = f"loss {ev['train_loss']:.3f}"
-                if "val_accuracy" in ev:
-                    info += f"  val {100 * ev['val_accuracy']:.1f}%"
-                prog.update(task(stage["train"], ev["epochs"]), completed=ev["epoch"] + 1, info=info)
-            elif kind == "rfad_features":
-                prog.update(task("random features", ev["total"]), completed=ev["done"], total=ev["total"])
-            elif kind == "distill":
-                info = f"loss {ev['loss']:.4f}"
-                if ev.get("best_val_accuracy") is not None:
-                    info += f"  KRR val {100 * ev['best_val_accuracy']:.1f}%"
-                prog.update(task("distil", ev["steps"]), completed=ev["step"], total=ev["steps"], info=info)
-            elif kind == "export":
-                prog.update(task("export", ev["total"]), completed=ev["done"], total=ev["total"], info=ev["graph"])
-            elif kind in ("download", "verify", "unpack"):  # bytes (download, verify) or archive position
-                total = ev.get("total")
-                mb = f"{ev['done'] / 1e6:.1f}" + (f" / {total / 1e6:.1f} MB" if total else " MB")
-                prog.update(task(f"{kind} {ev.get('name', '')}".strip(), total), completed=ev["done"], total=total,
-                            info=mb if kind != "unpack" else "")
-
-        yield on_event
 
 
 _DATASET_HELP = ("synthetic (embedded default) | gsc | us8k | esc50 | esc10; without --data-dir a real dataset is "
@@ -125,7 +63,7 @@ def _load_dataset(dataset: str, data_dir: Optional[Path], keywords: Optional[tup
 
 
 def _print_metrics(m: dict[str, Any]) -> None:
-    t = Table(title=f"{m['model']} on {m['dataset']}")
+    t = _table(title=f"{m['model']} on {m['dataset']}")
     t.add_column("split")
     t.add_column("accuracy", justify="right")
     t.add_row("validation (best epoch)", f"{100 * m['val_accuracy']:.2f}%")
@@ -134,7 +72,7 @@ def _print_metrics(m: dict[str, Any]) -> None:
     for k, v in m.items():
         if k.startswith("test_") and isinstance(v, dict):
             t.add_row(f"{k[5:]} ({v['n']} clips)", f"{100 * v['accuracy']:.2f}%")
-    console.print(t)
+    console().print(t)
 
 
 @app.command()
@@ -170,7 +108,7 @@ def train(
         except ValueError as exc:
             _fail(str(exc))
     _print_metrics(metrics)
-    console.print(f"wrote {out}/model.pt, metrics.json, curves.png")
+    console().print(f"wrote {out}/model.pt, metrics.json, curves.png")
 
 
 @app.command()
@@ -232,7 +170,7 @@ def distill(
     except ValueError as exc:
         _fail(str(exc))
     out = out or Path("runs") / target
-    from edgekws.cli_speech import report_check, resolve_backbone, run_speech_distill
+    from .speech import report_check, resolve_backbone, run_speech_distill
 
     chosen, why = resolve_backbone(backbone, tgt)
     if chosen == "speech-embedding":
@@ -249,7 +187,7 @@ def distill(
         if check_dataset:
             report_check(out / "bundle", check_dataset, check_dir, out / "check.json")
         if publish:
-            from edgekws.cli_ship import publish_bundle
+            from .ship import publish_bundle
 
             publish_bundle(out / "bundle", publish, channel, target=tgt.name)
         return
@@ -273,19 +211,19 @@ def distill(
         return
     _print_metrics(metrics)
     c = metrics["coreset"]
-    console.print(f"coreset: {c['size']} samples ({c['per_class']}/class, {c['labels']} labels), KRR val accuracy "
+    console().print(f"coreset: {c['size']} samples ({c['per_class']}/class, {c['labels']} labels), KRR val accuracy "
                   f"{100 * (c['krr_val_accuracy_init'] or 0):.1f}% -> {100 * (c['krr_val_accuracy'] or 0):.1f}%")
     if c.get("net_test"):
-        console.print(f"net trained on the coreset alone: {100 * c['net_test']['accuracy']:.2f}% on the test split "
+        console().print(f"net trained on the coreset alone: {100 * c['net_test']['accuracy']:.2f}% on the test split "
                       f"({c['net_epochs_run']} epochs)")
-    console.print(f"shipped: the {metrics['shipped']['net']} net ({metrics['shipped']['why']}); budget {budget}")
-    console.print(f"target {tgt.name}: {tgt.model}; wrote {out}/coreset.npz, model.pt, metrics.json in "
+    console().print(f"shipped: the {metrics['shipped']['net']} net ({metrics['shipped']['why']}); budget {budget}")
+    console().print(f"target {tgt.name}: {tgt.model}; wrote {out}/coreset.npz, model.pt, metrics.json in "
                   f"{time.perf_counter() - t0:.0f} s")
     _export_and_sign(out / "model.pt", tgt.name, out / "bundle", coreset=out / "coreset.npz", key=None)
     if check_dataset:
         report_check(out / "bundle", check_dataset, check_dir, out / "check.json")
     if publish:
-        from edgekws.cli_ship import publish_bundle
+        from .ship import publish_bundle
 
         publish_bundle(out / "bundle", publish, channel, target=tgt.name)
 
@@ -299,7 +237,7 @@ def _export_and_sign(checkpoint: Path, target: str, out: Path, *, coreset: Optio
     if key is None:
         key, created = ensure_signing_key()
         if created:
-            console.print(f"created a signing key: {key} (public half: {key.with_name('signing.pub')}); "
+            console().print(f"created a signing key: {key} (public half: {key.with_name('signing.pub')}); "
                           "pin that public key on devices")
     try:
         with _progress() as on_event:
@@ -308,16 +246,16 @@ def _export_and_sign(checkpoint: Path, target: str, out: Path, *, coreset: Optio
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         _fail(str(exc))
     for note in result.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}")
-    t = Table(title=f"bundle {out} (target {target})")
+        console().print(f"[yellow]note:[/] {_escape(note)}")
+    t = _table(title=f"bundle {out} (target {target})")
     for col in ("graph", "KB", "max |diff| vs torch", "top-1 agreement", "accuracy"):
         t.add_column(col, justify="right")
     for name, p in result.parity.items():
         agree = f"{100 * p['top1_agreement']:.1f}%" if "top1_agreement" in p else f"cos {p.get('cosine', 1):.4f}"
         acc = f"{100 * p['accuracy']:.1f}%" if "accuracy" in p else "–"
         t.add_row(name, f"{p['size_bytes'] / 1024:.1f}", f"{p['max_abs_diff']:.2g}", agree, acc)
-    console.print(t)
-    console.print(f"verified: signature (key {result.manifest.key_id[:16]}…) and {len(result.manifest.files)} file "
+    console().print(t)
+    console().print(f"verified: signature (key {result.manifest.key_id[:16]}…) and {len(result.manifest.files)} file "
                   f"hashes; wrote {result.bundle}/ and {result.tar}")
 
 
@@ -360,7 +298,7 @@ def bundle_keygen(
         priv, pub = generate_keypair(out, overwrite=force)
     except FileExistsError as exc:
         _fail(str(exc))
-    console.print(f"private key: {priv}\npublic key:  {pub}\nkey id: {key_id(load_public_key(pub))}")
+    console().print(f"private key: {priv}\npublic key:  {pub}\nkey id: {key_id(load_public_key(pub))}")
 
 
 @bundle_app.command("verify")
@@ -376,7 +314,7 @@ def bundle_verify(
     try:
         manifest = verify_bundle(path, public_key, trust_embedded_key=embedded_key)
     except BundleError as exc:
-        console.print(f"[bold red]INVALID:[/] {escape(str(exc))}")
+        console().print(f"[bold red]INVALID:[/] {_escape(str(exc))}")
         raise typer.Exit(1) from None
     describe(manifest, lambda line: typer.echo(line))
     typer.echo(f"OK: {path} is a valid bundle")
@@ -422,18 +360,18 @@ def evaluate(
                                       full_data_epochs=full_data_epochs, device=device)
         except ValueError as exc:
             _fail(str(exc))
-    t = Table(title=f"{model} trained on {result['per_class']}/class, tested on {result['test_n']} clips")
+    t = _table(title=f"{model} trained on {result['per_class']}/class, tested on {result['test_n']} clips")
     t.add_column("training set")
     t.add_column("test accuracy %", justify="right")
     for k in ("coreset", "random_real_mse", "random_real_ce", "full_data"):
         if k in result:
             r = result[k]
             t.add_row(k.replace("_", " "), f"{r['mean']:.2f} ± {r['std']:.2f}")
-    console.print(t)
-    console.print(f"gain over the stronger random baseline ({result['stronger_random_baseline']}): "
+    console().print(t)
+    console().print(f"gain over the stronger random baseline ({result['stronger_random_baseline']}): "
                   f"{result['gain_over_random_points']:+.2f} points")
     if "ratio_to_full_data" in result:
-        console.print(f"coreset / full data: {result['ratio_to_full_data']:.3f}")
+        console().print(f"coreset / full data: {result['ratio_to_full_data']:.3f}")
     if out:
         atomic_write_json(out, result)
 
@@ -455,8 +393,10 @@ def coreset_show(
         core = Coreset.load(path)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
+    import numpy as np
+
     counts = np.bincount(core.hard_labels, minlength=core.n_classes)
-    t = Table(title=f"{path}: {len(core.x)} samples, features {core.x.shape[1]}x{core.x.shape[2]}")
+    t = _table(title=f"{path}: {len(core.x)} samples, features {core.x.shape[1]}x{core.x.shape[2]}")
     for col in ("class", "samples", "mean top label", "changed class"):
         t.add_column(col, justify="right" if col != "class" else "left")
     for c, name in enumerate(core.class_names):
@@ -464,17 +404,17 @@ def coreset_show(
         top = float(core.y[rows].max(1).mean()) if rows.any() else float("nan")
         moved = int(np.sum(core.init_labels[rows] != c)) if core.init_labels is not None else 0
         t.add_row(name, str(counts[c]), f"{top:.2f}", str(moved))
-    console.print(t)
+    console().print(t)
     m = core.metrics
     if m.get("val_accuracy") is not None:
-        console.print(f"KRR validation accuracy {100 * (m.get('init_val_accuracy') or 0):.1f}% -> "
+        console().print(f"KRR validation accuracy {100 * (m.get('init_val_accuracy') or 0):.1f}% -> "
                       f"{100 * m['val_accuracy']:.1f}% after {m.get('steps')} steps (best at {m.get('best_step')})")
     if png:
         from edgekws.plots import plot_coreset
 
         plot_coreset(core.x, core.hard_labels, core.class_names, png, classes=range(core.n_classes),
                      per_class=per_class, title=f"distilled MFCC: {path.name}")
-        console.print(f"wrote {png}")
+        console().print(f"wrote {png}")
 
 
 @coreset_app.command("listen")
@@ -498,6 +438,8 @@ def coreset_listen(
     unknown = [n for n in names if n not in core.class_names]
     if unknown:
         _fail(f"unknown classes {unknown}; the coreset has {list(core.class_names)}")
+    import numpy as np
+
     out.mkdir(parents=True, exist_ok=True)
     written = 0
     for name in names:
@@ -507,7 +449,7 @@ def coreset_listen(
             fname = "".join(ch if ch.isalnum() else "_" for ch in name)
             save_wav(out / f"{fname}_{k}.wav", y, core.feature_config.sample_rate)
             written += 1
-    console.print(f"wrote {written} WAV files to {out}")
+    console().print(f"wrote {written} WAV files to {out}")
 
 
 @app.command()
@@ -518,13 +460,13 @@ def models(
     from edgekws.models import MODELS
     from edgekws.models.profile import model_summary
 
-    t = Table(title=f"models for {n_mfcc}x{frames} MFCC, {n_classes} classes")
+    t = _table(title=f"models for {n_mfcc}x{frames} MFCC, {n_classes} classes")
     for col in ("model", "params", "MACs", "fp32 KB", "int8 KB"):
         t.add_column(col, justify="right")
     for name in MODELS:
         s = model_summary(name, n_classes, (n_mfcc, frames))
         t.add_row(name, f"{s['params']:,}", f"{s['macs']:,}", f"{s['fp32_kb']:.0f}", f"{s['int8_kb']:.0f}")
-    console.print(t)
+    console().print(t)
 
 
 @data_app.command("synth")
@@ -560,13 +502,13 @@ def data_info(
     with _progress() as on_event:
         ds = _load_dataset(dataset, data_dir, _keywords(keywords), per_class, seed, on_event)
     folds = sorted(set(ds.folds.tolist()))
-    t = Table(title=f"{ds.name}: {len(ds)} clips, {len(set(ds.groups.tolist()))} groups, {ds.sample_rate} Hz, {ds.clip_seconds} s")
+    t = _table(title=f"{ds.name}: {len(ds)} clips, {len(set(ds.groups.tolist()))} groups, {ds.sample_rate} Hz, {ds.clip_seconds} s")
     t.add_column("class")
     for f in folds:
         t.add_column(f, justify="right")
     for c, name in enumerate(ds.class_names):
         t.add_row(name, *[str(int(np.sum((ds.labels == c) & (ds.folds == f)))) for f in folds])
-    console.print(t)
+    console().print(t)
 
 
 @data_app.command("download")
@@ -581,18 +523,10 @@ def data_download(
         info = describe(dataset)
     except KeyError:
         _fail(f"no download for {dataset!r}; choose gsc, esc50, esc10 or us8k")
-    console.print(f"{info['title']} from {info['url']}\nlicence: {info['licence']} ({info['homepage']})")
+    console().print(f"{info['title']} from {info['url']}\nlicence: {info['licence']} ({info['homepage']})")
     try:
         with _progress() as on_event:
             root = fetch_dataset(dataset, progress=on_event, keep_archive=keep_archive)
     except DownloadError as exc:
         _fail(str(exc))
-    console.print(f"[green]ready:[/] {root}")
-
-
-def main() -> None:  # pragma: no cover
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+    console().print(f"[green]ready:[/] {root}")

@@ -1,7 +1,7 @@
 """`edgekws distill` with the speech-embedding backbone, and the real-speech check of a shipped bundle.
 
 Thin shells over :func:`edgekws.server.speech_head.distill_speech_job` and :func:`edgekws.export.check.check_bundle`;
-``edgekws.cli`` calls them.
+``edgekws distill`` calls them.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ __all__ = ["report_check", "resolve_backbone", "run_speech_distill"]
 def resolve_backbone(requested: str | None, tgt: Any) -> tuple[str, str]:
     """The backbone ``distill`` trains and why: the one asked for, else the target's; a target whose default front
     end is not installed falls back to the MFCC CNN. Exits with a message for an unknown or unavailable one."""
-    from edgekws.cli import _fail
     from edgekws.speech_embedding import FrontendError, locate_graphs
     from edgekws.targets import BACKBONES
+
+    from .console import fail as _fail
 
     name = requested or tgt.backbone
     if name not in BACKBONES:
@@ -45,9 +46,13 @@ def run_speech_distill(tgt: Any, *, dataset: str, data_dir: Path | None, keyword
     """Embed, train the head (with ``streams`` = (training streams, validation streams, seconds each) of synthetic
     speech when the dataset is the synthetic one), choose the coreset, write ``out`` (see ``distill_speech_job``);
     print a summary."""
-    from edgekws.cli import _fail, _load_dataset, _print_metrics, _progress, console
     from edgekws.server.speech_head import SpeechHeadConfig, distill_speech_job
     from edgekws.server.speech_streams import StreamConfig
+
+    from .console import console
+    from .console import fail as _fail
+    from .console import progress as _progress
+    from .train import _load_dataset, _print_metrics
 
     t0 = time.perf_counter()
     cfg = SpeechHeadConfig(seed=seed, **({"epochs": epochs} if epochs else {}))
@@ -63,26 +68,29 @@ def run_speech_distill(tgt: Any, *, dataset: str, data_dir: Path | None, keyword
             _fail(str(exc))
     _print_metrics(metrics)
     c = metrics["coreset"]
-    console.print(f"coreset: {c['size']} embedding sequences ({c['per_class']}/class), labels from the trained head "
+    console().print(f"coreset: {c['size']} embedding sequences ({c['per_class']}/class), labels from the trained head "
                   f"(agree with the true class on {100 * c['teacher_agreement']:.1f}%)")
     d = metrics.get("detector")
     if d and d.get("threshold") is not None:
         ch = d["chosen_on"]
-        console.print(f"detector: temperature {d['temperature']:g}, threshold {d['threshold']:g} (the lowest with at "
-                      f"most {ch['max_false_alarms_per_hour']:g} false alarms per hour on {ch['minutes']:g} min of "
-                      "synthetic validation streams)")
-    console.print(f"shipped: {metrics['shipped']['net']} on the {metrics['shipped']['backbone']} backbone "
+        console().print(f"detector: temperature {d['temperature']:g}, threshold {d['threshold']:g} (the lowest with "
+                        f"at most {ch['max_false_alarms_per_hour']:g} false alarms per hour on {ch['minutes']:g} min "
+                        "of synthetic validation streams)")
+    console().print(f"shipped: {metrics['shipped']['net']} on the {metrics['shipped']['backbone']} backbone "
                   f"({metrics['shipped']['why']})")
-    console.print(f"target {tgt.name}: wrote {out}/coreset.npz, model.pt, metrics.json in "
+    console().print(f"target {tgt.name}: wrote {out}/coreset.npz, model.pt, metrics.json in "
                   f"{time.perf_counter() - t0:.0f} s")
     return metrics
 
 
 def report_check(bundle: Path, dataset: str, data_dir: Path | None, out: Path | None = None) -> dict[str, Any]:
     """Run :func:`check_bundle` on the freshly written bundle, print the table, write ``out`` (JSON)."""
-    from edgekws.cli import _fail, _progress, console
     from edgekws.export.check import check_bundle
     from edgekws.fileio import atomic_write_json
+
+    from .console import console
+    from .console import fail as _fail
+    from .console import progress as _progress
 
     try:
         with _progress() as on_event:
@@ -96,8 +104,8 @@ def report_check(bundle: Path, dataset: str, data_dir: Path | None, out: Path | 
         if s:
             t.add_row(name, str(s["n"]), f"{100 * s['accuracy']:.2f}%", f"{100 * s['accuracy_keywords_only']:.2f}%",
                       f"{100 * s['predicted_silent_class']:.1f}%")
-    console.print(t)
+    console().print(t)
     if out is not None:
         atomic_write_json(out, res)
-        console.print(f"wrote {out}")
+        console().print(f"wrote {out}")
     return res
