@@ -1,4 +1,9 @@
-"""Parity of exported graphs with the torch model: output differences and top-1 agreement."""
+"""Parity of exported graphs with the torch model: output differences and top-1 agreement.
+
+Exported graphs are run by the device's own backend (:mod:`edgekws.device.backend`: ONNX Runtime or LiteRT, its
+int8 input quantisation ``round(x / scale + zero_point)`` and output dequantisation), so the parity a bundle
+records is measured on the code the device runs.
+"""
 
 from __future__ import annotations
 
@@ -24,18 +29,23 @@ def torch_outputs(model: torch.nn.Module, x: np.ndarray, kind: str = "classifier
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
 
-def graph_outputs(path: str | os.PathLike, x: np.ndarray, threads: int = 1) -> np.ndarray:
-    """Outputs of an exported ``.onnx`` or ``.tflite`` graph."""
+def graph_outputs(path: str | os.PathLike, x: np.ndarray, threads: int = 1, batch_size: int = 256) -> np.ndarray:
+    """Outputs of an exported ``.onnx`` or ``.tflite`` graph for inputs ``x`` ``(N, H, W)`` or ``(N, 1, H, W)``,
+    run by :func:`edgekws.device.backend.open_backend` (the device's backend) ``batch_size`` rows at a time."""
+    from edgekws.device.backend import BackendError, open_backend
+
     p = Path(path)
-    if p.suffix == ".onnx":
-        from .onnx import onnx_session, run_onnx
-
-        return run_onnx(onnx_session(p, threads), x)
-    if p.suffix == ".tflite":
-        from .tflite import run_tflite, tflite_interpreter
-
-        return run_tflite(tflite_interpreter(p, threads), x)
-    raise ValueError(f"unknown graph format {p.suffix!r} ({p}); expected .onnx or .tflite")
+    if p.suffix not in (".onnx", ".tflite"):
+        raise ValueError(f"unknown graph format {p.suffix!r} ({p}); expected .onnx or .tflite")
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[:, None]
+    try:
+        backend = open_backend(p, threads=threads)
+        outs = [backend.predict(x[s: s + batch_size]) for s in range(0, len(x), batch_size)]
+    except BackendError as exc:
+        raise ValueError(str(exc)) from None
+    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None, *,

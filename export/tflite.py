@@ -35,7 +35,7 @@ def tflite_unavailable_reason() -> str | None:
     except ImportError as exc:
         return (f"litert-torch is not installed ({exc.msg}); install the 'tflite' extra "
                 "(pip install 'edgekws[tflite]') to add TFLite graphs")
-    except Exception as exc:  # noqa: BLE001 - a broken install (jax/torch mismatch) must not stop ONNX export
+    except Exception as exc:
         return f"litert-torch failed to import ({exc.__class__.__name__}: {exc})"
     return None
 
@@ -132,7 +132,7 @@ def run_tflite(graph: Any, x: np.ndarray) -> np.ndarray:
         if inp["dtype"] in (np.int8, np.uint8):
             scale, zero = inp["quantization"]
             info = np.iinfo(inp["dtype"])
-            v = np.clip(np.round(v / scale) + zero, info.min, info.max).astype(inp["dtype"])
+            v = np.clip(np.round(v / scale + zero), info.min, info.max).astype(inp["dtype"])  # as the device
         it.set_tensor(inp["index"], v)
         it.invoke()
         y = it.get_tensor(out["index"])
