@@ -2,7 +2,7 @@
 
     python benchmarks/bench_edge.py --gsc ../shared/data/gsc-dev --runs ../runs [--quick] [--target rpi]
 
-Every case runs alone in a fresh process (see :mod:`edgekws.bench`). Writes ``benchmarks/results/<name>.json``,
+Every case runs alone in a fresh process (see ``bench.py``). Writes ``benchmarks/results/<name>.json``,
 ``<name>.md`` and ``<name>_*.png``; ``<name>`` defaults to ``bench[_TARGET][_quick]``.
 """
 
@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from edgekws.bench import SECTIONS, gsc_plan, run_bench
+from bench import SECTIONS, gsc_plan, run_bench
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

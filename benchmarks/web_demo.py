@@ -295,7 +295,7 @@ def main() -> None:
     from web_support import se_keyword_bundle
 
     from conftest import write_wav
-    from edgekws.bench import describe_machine
+    from edgekws.machine import describe_machine
     from edgekws.server.tls import ensure_local_tls
     from edgekws.server.webdemo import find_web_dir
 

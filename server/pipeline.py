@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
-from edgekws.bench import cpu_model
+from edgekws.machine import cpu_model
 from edgekws.datasets import Dataset
 from edgekws.features import FeatureConfig
 from edgekws.fileio import atomic_write_json as write_json

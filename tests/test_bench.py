@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 CLASSES = ("_silence_", "yes", "no")
 
@@ -44,7 +45,7 @@ def tiny(tmp_path_factory):
 
 
 def test_quick_plan_writes_a_sane_report(tiny):
-    from edgekws.bench import BenchPlan, ModelCase, run_bench
+    from bench import BenchPlan, ModelCase, run_bench
 
     out = tiny["root"] / "results"
     events = []
@@ -118,7 +119,7 @@ def test_quick_plan_writes_a_sane_report(tiny):
 
 
 def test_failed_case_is_reported_not_raised(tiny, tmp_path):
-    from edgekws.bench import BenchPlan, ModelCase, bench_device
+    from bench import BenchPlan, ModelCase, bench_device
 
     bad = tmp_path / "bundle"
     bad.mkdir()
@@ -136,7 +137,7 @@ def test_failed_case_is_reported_not_raised(tiny, tmp_path):
 def test_plan_and_cli_errors(tmp_path):
     from typer.testing import CliRunner
 
-    from edgekws.bench import BenchError, BenchPlan, gsc_plan
+    from bench import BenchError, BenchPlan, gsc_plan
     from edgekws.cli import app
 
     with pytest.raises(BenchError, match="unknown sections"):

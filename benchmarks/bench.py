@@ -1,6 +1,6 @@
 """Benchmarks of the edge pipeline: device inference, streaming detection, on-device fine-tune, distillation.
 
-Every measured case runs alone in a fresh Python process (``python -m edgekws.bench --child KIND SPEC``), one
+Every measured case runs alone in a fresh Python process (``python benchmarks/bench.py --child KIND SPEC``), one
 after the other, so memory and warm caches never leak from one case into the next:
 
 - ``infer``: one graph (torch eager, ONNX or TFLite, fp32 or int8) with a fixed thread count. Cold start is the
@@ -20,13 +20,16 @@ never prints: progress goes to a callback.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness.py beside this file
+
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,6 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from harness import MEASURE_WRAPPER as _WRAP
+from harness import cpu_model, describe_machine
+from harness import percentiles as _percentiles
+from harness import status_mb as _status_mb
 
 __all__ = ["BenchError", "BenchPlan", "ModelCase", "cpu_model", "describe_machine", "gsc_plan", "make_keyword_wav",
            "render_markdown", "run_bench"]
@@ -134,86 +141,18 @@ class BenchPlan:
 # Machine description
 
 
-def _versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in ("numpy", "torch", "onnxruntime", "ai-edge-litert", "litert-torch", "librosa", "edgekws"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, else what :mod:`platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _mem_total_mb() -> float | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _git_commit() -> str | None:
-    try:
-        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True,
-                           timeout=10, cwd=Path(__file__).resolve().parent)
-        return r.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def describe_machine() -> dict[str, Any]:
-    """CPU model, cores (all and usable), memory, OS, package versions, git commit, load average now."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count()
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable, "memory_mb": _mem_total_mb(),
-            "machine": platform.machine(), "system": f"{platform.system()} {platform.release()}",
-            "versions": _versions(), "git_commit": _git_commit(), "load_average_start": list(os.getloadavg()),
-            "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
-
 
 # ------------------------------------------------------------------------------------------------------------------
 # Child side (runs in a fresh process)
 
 
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _percentiles(times_ms: Sequence[float]) -> dict[str, float]:
-    t = np.asarray(times_ms, dtype=np.float64)
-    return {"n": int(t.size), "p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
-            "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()), "min_ms": float(t.min())}
-
-
 def _graph_file(bundle: Path, kind: str, fmt: str, precision: str) -> Path:
-    manifest = json.loads((Path(bundle) / "manifest.json").read_text())
-    name = manifest.get("graphs", {}).get(kind, {}).get(f"{fmt}_{precision}")
-    if not name:
-        raise BenchError(f"bundle {bundle} has no {kind} graph {fmt} {precision}")
-    return Path(bundle) / name
+    from edgekws.bundle import BundleError, load_bundle
+
+    try:  # the one bundle reader: integrity of every file (the bundle's own key) before a graph is timed
+        return load_bundle(bundle, trust_embedded_key=True).graph_path(kind, fmt, precision)
+    except BundleError as exc:
+        raise BenchError(str(exc)) from None
 
 
 def _child_infer(spec: dict[str, Any]) -> dict[str, Any]:
@@ -293,14 +232,15 @@ class _Timed:
 
 def _child_stream(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    from edgekws.device.model import DeviceModel, open_bundle
-    from edgekws.device.runtime import Detector
+    from edgekws.device import Spotter
     from edgekws.device.stream import WavSource
 
     key = spec.get("public_key")
-    info = open_bundle(spec["bundle"], key, trust_embedded_key=key is None)
-    model = _Timed(DeviceModel(info, fmt=spec["format"], precision=spec["precision"], threads=1))
-    det = Detector(model, info.feature_config)
+    spotter = Spotter.open(spec["bundle"], public_key=key, trust_embedded_key=key is None, fmt=spec["format"],
+                           precision=spec["precision"], threads=1, local=False, calibrate=False, check_every_s=None)
+    info = spotter.bundle
+    det = spotter.detector
+    model = det.model = _Timed(spotter.model)  # inference timed apart from the MFCC
     push = det._mfcc.push
     mfcc_s = [0.0]
 
@@ -392,7 +332,7 @@ _CHILDREN = {"infer": _child_infer, "stream": _child_stream, "finetune": _child_
 
 def _child_main(argv: Sequence[str]) -> int:
     if len(argv) != 3 or argv[0] != "--child" or argv[1] not in _CHILDREN:
-        print(f"usage: python -m edgekws.bench --child {{{','.join(_CHILDREN)}}} SPEC_JSON", file=sys.stderr)
+        print(f"usage: python benchmarks/bench.py --child {{{','.join(_CHILDREN)}}} SPEC_JSON", file=sys.stderr)
         return 2
     res = _CHILDREN[argv[1]](json.loads(argv[2]))
     res["affinity"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
@@ -415,7 +355,7 @@ def _child_env(threads: int) -> dict[str, str]:
 def _spawn(kind: str, spec: dict[str, Any], plan: BenchPlan, threads: int = 1) -> dict[str, Any]:
     """Run one case in a fresh process; its result, or ``{"error": ...}`` when it failed."""
     cpus = set(plan.cpus) if plan.cpus else None
-    cmd = [sys.executable, "-m", "edgekws.bench", "--child", kind, json.dumps(spec)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, json.dumps(spec)]
     launched = time.time()
     try:
         r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_child_env(threads),
@@ -434,15 +374,6 @@ def _spawn(kind: str, spec: dict[str, Any], plan: BenchPlan, threads: int = 1) -
     return res
 
 
-_WRAP = r"""
-import json, resource, subprocess, sys, time
-t = time.perf_counter()
-r = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-wall = time.perf_counter() - t
-u = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(json.dumps({"rc": r.returncode, "wall_s": wall, "cpu_s": u.ru_utime + u.ru_stime,
-                  "peak_rss_mb": u.ru_maxrss / 1024, "stdout": r.stdout[-20000:], "stderr": r.stderr[-2000:]}))
-"""
 
 
 def _run_cli(args: list[str], plan: BenchPlan) -> dict[str, Any]:
