@@ -39,7 +39,7 @@ from web_support import (
 
 pytest.importorskip("onnxruntime", reason="the demo's server side needs onnxruntime (pip install -e '.[dev]')")
 
-from edgekws.features import FeatureConfig, StreamingMFCC, mfcc, normalize  # noqa: E402
+from edgekws.features import FeatureConfig, mfcc, normalize  # noqa: E402
 
 
 def _speechy(seconds: float, seed: int = 0) -> np.ndarray:
