@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the command line (``argv`` defaults to ``sys.argv[1:]``)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["listen"]:
-        from .device import listen_main
+        from .listen import listen_main
 
         try:
             listen_main(args[1:])

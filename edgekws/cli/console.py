@@ -62,28 +62,47 @@ def thresholds(text: str | None) -> dict[str, float]:
     return out
 
 
+_NOISY_ROOTS = {"torch", "onnxscript", "onnx_ir", "onnxruntime", "litert_torch", "ai_edge_litert", "jax", "absl",
+                "tensorflow", "numba", "urllib3", "matplotlib", "onnx"}
 _NOISY = ("torch", "torch.onnx", "torch._dynamo", "torch._export", "onnxscript", "onnx_ir", "onnxruntime",
           "litert_torch", "ai_edge_litert", "jax", "absl", "tensorflow", "numba", "urllib3", "matplotlib")
+
+
+_QUIET = {"on": False}
+
+
+def silence_loggers() -> None:
+    """Raise every logger of the packages in ``_NOISY`` (and their children that exist now) to ERROR. Called when
+    the quiet block starts and again at each progress event, because a package imported meanwhile (torch) sets its
+    own levels when it loads."""
+    if not _QUIET["on"]:
+        return
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".", 1)[0] in _NOISY_ROOTS and logging.getLogger(name).level < logging.ERROR:
+            logging.getLogger(name).setLevel(logging.ERROR)
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @contextmanager
 def quiet_third_party() -> Iterator[None]:
     """Keep warnings and log records of other packages off the console while the block runs (edgekws's own
     warnings still show). ``EDGEKWS_VERBOSE=1`` disables the filter."""
-    if os.environ.get("EDGEKWS_VERBOSE"):
+    if os.environ.get("EDGEKWS_VERBOSE") or _QUIET["on"]:
         yield
         return
-    levels = {name: logging.getLogger(name).level for name in _NOISY}
+    levels = {name: logging.getLogger(name).level for name in list(logging.root.manager.loggerDict)}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore")
         warnings.filterwarnings("default", module=r"edgekws(\..*)?$")
-        for name in _NOISY:
-            logging.getLogger(name).setLevel(logging.ERROR)
+        _QUIET["on"] = True
+        silence_loggers()
         try:
             yield
         finally:
-            for name, level in levels.items():
-                logging.getLogger(name).setLevel(level)
+            _QUIET["on"] = False
+            for name in list(logging.root.manager.loggerDict):
+                logging.getLogger(name).setLevel(levels.get(name, logging.NOTSET))
 
 
 def _interactive() -> bool:
@@ -114,6 +133,14 @@ def _describe(ev: dict[str, Any]) -> tuple[str, int | None, int | None, str]:
         if "val_accuracy" in ev:
             info += f"  val {100 * ev['val_accuracy']:.1f}%"
         return "train", ev["epoch"] + 1, ev["epochs"], info
+    if kind == "experiment":
+        return "cases", ev["done"], ev["total"], str(ev.get("case", ""))
+    if kind == "al_round":
+        return ("active learning", ev["round"] + 1, ev["rounds"],
+                f"{ev['strategy']} seed {ev['seed']}: {ev['labelled']} labelled ({100 * ev['fraction']:.1f} %) -> "
+                f"{100 * ev['test_accuracy']:.1f} %")
+    if kind == "al_epoch":
+        return "train", ev["epoch"] + 1, ev["epochs"], f"{ev['strategy']} round {ev['round']}"
     if kind == "rfad_features":
         return "random features", ev["done"], ev["total"], ""
     if kind == "distill":
@@ -138,6 +165,7 @@ class _LineProgress:
         self.shown: dict[str, int] = {}
 
     def __call__(self, ev: dict[str, Any]) -> None:
+        silence_loggers()
         if ev.get("event") == "stage":
             self.stage = f"train {ev['stage']}"
             console().print(f"{ev['stage']}: {ev.get('detail', '')}", soft_wrap=True)
@@ -176,10 +204,11 @@ class _RichProgress:
         self.stage = "train"
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.prog.__exit__(*exc)
 
     def __call__(self, ev: dict[str, Any]) -> None:
+        silence_loggers()
         if ev.get("event") == "stage":
             self.stage = f"train {ev['stage']}"
             self.prog.console.log(f"{ev['stage']}: {ev.get('detail', '')}")

@@ -46,7 +46,7 @@ def resolve_tls(host: str, tls: Optional[bool], cert: Optional[Path], key: Optio
     by itself when the server listens beyond this machine, since a phone's browser needs it for the microphone."""
     if (cert is None) != (key is None):
         _fail("--tls-cert and --tls-key go together")
-    if cert is not None:
+    if cert is not None and key is not None:
         for p in (cert, key):
             if not p.is_file():
                 _fail(f"{p} not found")

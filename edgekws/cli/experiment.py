@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .console import console
+from .console import console, progress
 from .console import fail as _fail
 
 experiment_app = typer.Typer(no_args_is_help=True, help="Experiments: the paper's tables, reproduced.")
@@ -39,37 +38,6 @@ def _csv(text: Optional[str], kind: type, what: str) -> Optional[tuple]:
     if not vals:
         _fail(f"{what} is empty")
     return vals
-
-
-class _Display:
-    """A rich progress display for the experiment's events: overall cases, the current AL run, training."""
-
-    def __init__(self, prog: Progress):
-        self.prog = prog
-        self.tasks: dict[str, Any] = {}
-
-    def task(self, name: str, total: int) -> Any:
-        if name not in self.tasks:
-            self.tasks[name] = self.prog.add_task(name, total=total, info="")
-        return self.tasks[name]
-
-    def __call__(self, ev: dict[str, Any]) -> None:
-        kind = ev.get("event")
-        if kind == "experiment":
-            self.prog.update(self.task("cases", ev["total"]), completed=ev["done"], info=ev["case"])
-        elif kind in ("decode", "mfcc"):
-            self.prog.update(self.task(kind, ev["total"]), completed=ev["done"], total=ev["total"])
-        elif kind == "al_round":
-            info = (f"{ev['strategy']} seed {ev['seed']}: {ev['labelled']} labelled "
-                    f"({100 * ev['fraction']:.1f} %) -> {100 * ev['test_accuracy']:.1f} %")
-            self.prog.update(self.task("active learning", ev["rounds"]), completed=ev["round"] + 1,
-                             total=ev["rounds"], info=info)
-        elif kind == "al_epoch":
-            self.prog.update(self.task("train", ev["epochs"]), completed=ev["epoch"] + 1, total=ev["epochs"],
-                             info=f"{ev['strategy']} round {ev['round']}")
-        elif kind == "distill":
-            self.prog.update(self.task("distil", ev["steps"]), completed=ev["step"], total=ev["steps"],
-                             info=f"loss {ev['loss']:.4f}")
 
 
 @experiment_app.command("tables")
@@ -161,20 +129,12 @@ def tables(
     if dataset == "synthetic":
         kwargs = {"per_class": synthetic_per_class}
     kws = tuple(w.strip() for w in keywords.split(",") if w.strip()) if keywords else None
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console) as prog:
+    with progress() as on_event:  # bars on a terminal, a line per stage in a log
         from edgekws.datasets.download import DownloadError
 
-        def fetched(ev: dict) -> None:  # without --data-dir a real dataset is downloaded into the cache once
-            key = f"{ev['event']} {ev.get('name', '')}"
-            if key not in tasks:
-                tasks[key] = prog.add_task(key, total=ev.get("total"), info="")
-            prog.update(tasks[key], completed=ev["done"], total=ev.get("total"))
-
-        tasks: dict[str, Any] = {}
         try:
-            ds = load_dataset(dataset, data_dir, keywords=kws, download=True, download_progress=fetched, **kwargs)
-            report = run_experiment(ds, cfg, work, reference=ref, progress=_Display(prog))
+            ds = load_dataset(dataset, data_dir, keywords=kws, download=True, download_progress=on_event, **kwargs)
+            report = run_experiment(ds, cfg, work, reference=ref, progress=on_event)
         except (ValueError, FileNotFoundError, DownloadError) as exc:
             _fail(str(exc))
     extra = time.perf_counter() - t0 - report["wall_seconds"]  # loading the dataset
