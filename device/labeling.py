@@ -307,7 +307,8 @@ class LabelServer:
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
-        host = f"[{host}]" if ":" in str(host) else host
+        host = host.decode() if isinstance(host, bytes) else str(host)
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}/"
 
     def start(self) -> LabelServer:

@@ -263,6 +263,7 @@ class DeviceModel:
                 self._bundle_temperature = shipped if shipped is not None else self._cached_temperature()
             self.temperature = self._bundle_temperature or 1.0
         else:
+            assert self.state is not None
             W, b, classes = load_version(self.state, name)
             self._head = (W, b)
             # local heads are trained with cross-entropy; one made from a bundle that ships a temperature carries

@@ -415,6 +415,7 @@ def choose(embeddings: np.ndarray, k: int, method: str = "kcenter", *, logits: n
         return np.array(_kcenter(e, k), dtype=np.int64)
     if method == "kmedoids":
         return np.array(_kmedoids(e, k), dtype=np.int64)
+    assert logits is not None
     order = np.argsort(margins(logits), kind="stable")
     if method == "uncertain":
         return order[:k].astype(np.int64)
@@ -496,7 +497,7 @@ def collect(model, audio: Any, store: LabelStore, clips_dir: str | Path, *, sour
     pool = [c for c in store.clips(requested=False, labeled=False) if c.embedding is not None]
     chosen: list[int] = []
     if pool and k > 0:
-        E = np.stack([c.embedding for c in pool])
+        E = np.stack([c.embedding for c in pool if c.embedding is not None])
         lg = None
         if method in ("uncertain", "hybrid"):
             # the stored margin stands in for logits: two-class logits with the same top-1/top-2 gap ordering

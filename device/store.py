@@ -121,6 +121,7 @@ class LabelStore:
                      float(r.get("end_s", 0.0)), now, blob, dim,
                      None if r.get("margin") is None else float(r["margin"]), r.get("predicted")),
                 )
+                assert cur.lastrowid is not None
                 ids.append(int(cur.lastrowid))
         return ids
 

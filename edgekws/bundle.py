@@ -352,8 +352,8 @@ def write_bundle(
             raise ValueError(f"{reserved} is written by write_bundle and cannot be passed as a file")
     if HEAD not in names:
         raise ValueError("a bundle needs head.npz (classifier head weights)")
-    for kind, entries in graphs.items():
-        for fmt, rel in entries.items():
+    for kind, graph_files in graphs.items():
+        for fmt, rel in graph_files.items():
             if rel not in names:
                 raise ValueError(f"graph {kind}/{fmt} names {rel!r}, which is not among the bundle files")
     classes = [str(c) for c in classes]
@@ -673,7 +673,7 @@ def _check_signature(src: Any, manifest: dict[str, Any], public_key: Any, trust_
     sig = src.read(SIGNATURE)
     if len(sig) != 64:
         raise BundleError(f"{src.name}: manifest.sig is {len(sig)} bytes, an ed25519 signature is 64: damaged")
-    info = manifest.get("public_key") if isinstance(manifest.get("public_key"), dict) else {}
+    info: dict[str, Any] = manifest["public_key"] if isinstance(manifest.get("public_key"), dict) else {}
     declared = str(info.get("key_id", "?"))
     if trust_embedded_key:
         try:

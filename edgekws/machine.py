@@ -62,6 +62,7 @@ def _git_commit() -> str | None:
 
 def describe_machine() -> dict[str, Any]:
     """CPU model, cores (all and usable), memory, OS, package versions, git commit, load average now."""
+    usable: int | None
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
