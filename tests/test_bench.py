@@ -121,11 +121,14 @@ def test_quick_plan_writes_a_sane_report(tiny):
 def test_failed_case_is_reported_not_raised(tiny, tmp_path):
     from bench import BenchPlan, ModelCase, bench_device
 
-    bad = tmp_path / "bundle"
-    bad.mkdir()
-    manifest = json.loads((tiny["bundle"] / "manifest.json").read_text())
-    (bad / "manifest.json").write_text(json.dumps(manifest))
-    (bad / "model.onnx").write_bytes(b"not an onnx graph")
+    from edgekws.bundle import generate_keypair, load_bundle, write_bundle
+
+    good = load_bundle(tiny["bundle"], trust_embedded_key=True)
+    priv, _ = generate_keypair(tmp_path / "keys")
+    bad = write_bundle(tmp_path / "bundle", {"model.onnx": b"not an onnx graph", "head.npz": good.path / "head.npz"},
+                       target="rpi", classes=good.classes, feature_config=good.feature_config,
+                       model=good.manifest["model"], graphs={"classifier": {"onnx_fp32": "model.onnx"}},
+                       private_key=priv)  # signed and hashed, but not a graph that loads
     plan = BenchPlan(name="x", out_dir=tmp_path, work_dir=tmp_path, threads=(1,), warmup=0,
                      models=[ModelCase("bad", "rpi", bad, tiny["test"], None, repeats=2)])
     rows = bench_device(plan)

@@ -90,7 +90,7 @@ def test_distill_on_custom_synthetic_keywords(tmp_path):
     from edgekws.bundle import load_bundle
 
     bundle = load_bundle(out / "bundle")  # signed with the key made under $EDGEKWS_HOME on first use
-    assert bundle.classes == classes and bundle.target == "rpi" and bundle.manifest["coreset"] == "coreset.npz"
+    assert list(bundle.classes) == classes and bundle.target == "rpi" and bundle.manifest["coreset"] == "coreset.npz"
     assert bundle.graph_path("classifier", "onnx", "int8").is_file() and (out / "bundle.tar").is_file()
     for png in ("coreset.png", "distill_curves.png", "curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -141,7 +141,7 @@ def test_distill_speech_embedding_backbone_ships_the_front_end_and_checks_a_real
     from edgekws.bundle import load_bundle
 
     bundle = load_bundle(out / "bundle")
-    assert bundle.classes == [*kw, "_nothing_"]
+    assert list(bundle.classes) == [*kw, "_nothing_"]
     assert bundle.manifest["frontend"]["kind"] == "speech-embedding"
     # trained on synthetic streams too; temperature and threshold fitted on held-out ones, shipped for the detector
     assert metrics["streams"]["train"] == 1 and metrics["streams"]["training_windows"] > 0

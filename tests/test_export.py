@@ -166,7 +166,7 @@ def test_export_bundle_onnx_only_says_why_tflite_is_missing(trained, tmp_path, m
     b = load_bundle(result.bundle, pub)
     m = b.manifest
     assert m["format"] == "edgekws-bundle" and m["format_version"] == 1 and m["target"] == "rpi"
-    assert b.classes == CLASSES and b.feature_config == FCFG and m["coreset"] == "coreset.npz"
+    assert list(b.classes) == CLASSES and b.feature_config == FCFG and m["coreset"] == "coreset.npz"
     assert m["graphs"] == {"classifier": {"onnx_fp32": "model.onnx", "onnx_int8": "model.int8.onnx"},
                            "embedding": {"onnx_fp32": "embedding.onnx", "onnx_int8": "embedding.int8.onnx"}}
     assert m["skipped"] == {"tflite": "litert-torch is not installed"}
