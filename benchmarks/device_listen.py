@@ -2,8 +2,8 @@
 
 A sentence of the bundle's keywords (espeak-ng, one clean voice, silence between words) is written as a WAV and run
 through ``edgekws listen --json`` in a fresh process per graph (ONNX fp32/int8, TFLite fp32/int8 when the bundle
-has them), as fast as possible, one thread. Peak RSS is the child's ``ru_maxrss``; "runtime only" is the same
-detector driven from Python without the CLI (no typer/rich).
+has them), as fast as possible, one thread, under the shared harness (``harness.measure_command``: peak RSS is the
+child's ``ru_maxrss``); "runtime only" is the same ``Spotter`` driven from Python without the CLI.
 
     python benchmarks/device_listen.py --bundle B --public-key K
 
@@ -15,38 +15,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-_CHILD = r"""
-import json, resource, subprocess, sys, time
-t = time.perf_counter()
-r = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-wall = time.perf_counter() - t
-print(json.dumps({"rc": r.returncode, "wall": wall, "stdout": r.stdout, "stderr": r.stderr[-2000:],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
-"""
-# ru_maxrss of a child: its own high-water mark (Linux keeps the larger of it and this small wrapper's RSS at fork).
+from harness import describe_machine, measure_command
 
 _RUNTIME_ONLY = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from edgekws.device.model import DeviceModel, open_bundle
-from edgekws.device.runtime import Detector, run_detector
+from edgekws.device import Spotter
 from edgekws.device.stream import WavSource
-info = open_bundle(sys.argv[1], sys.argv[2])
-from edgekws.device.model import state_dir_for
-state = state_dir_for(info, sys.argv[6])  # temperature cached there by the CLI runs, as on a device
-det = Detector(DeviceModel(info, fmt=sys.argv[4], precision=sys.argv[5], calibrate=True, state=state),
-               info.feature_config)
+# the temperature was cached in the state folder by the CLI runs, as on a device
+spotter = Spotter.open(sys.argv[1], public_key=sys.argv[2], fmt=sys.argv[4], precision=sys.argv[5], threads=1,
+                       state=sys.argv[6], local=True)
 t1 = time.perf_counter()
-ev = [e.to_dict() for e in run_detector(det, WavSource(sys.argv[3]))]
+ev = [e.to_dict() for e in spotter.run(WavSource(sys.argv[3]))]
 hwm = int(dict(l.split(":", 1) for l in open("/proc/self/status"))["VmHWM"].split()[0]) / 1024
 print(json.dumps({"events": ev, "start_s": t1 - t0, "process_s": time.perf_counter() - t1, "peak_rss_mb": hwm}))
 """
@@ -65,8 +53,13 @@ def _score(events, spans):
                 offsets.append(e["time"] - off)
                 break
     wrong = [e for i, e in enumerate(events) if i not in used]
-    return {"words": len(spans), "hits": hits, "false_alarms": len(wrong),
-            "latency_after_word_end_s": offsets, "false": wrong}
+    return {
+        "words": len(spans),
+        "hits": hits,
+        "false_alarms": len(wrong),
+        "latency_after_word_end_s": offsets,
+        "false": wrong,
+    }
 
 
 def main() -> None:
@@ -78,9 +71,9 @@ def main() -> None:
     ap.add_argument("--name", default="device_listen")
     args = ap.parse_args()
     from device_support import sentence
-    from edgekws.device.model import open_bundle
 
     from edgekws.audio import save_wav
+    from edgekws.device.model import open_bundle
 
     info = open_bundle(args.bundle, args.public_key)
     words = [c for c in info.classes if not c.startswith("_")]
@@ -96,47 +89,110 @@ def main() -> None:
     for fmt, prec in graphs:
         if f"{fmt}_{prec}" not in info.manifest["graphs"].get("classifier", {}):
             continue
-        cmd = [exe, "listen", "--bundle", str(args.bundle), "--public-key", str(args.public_key), "--wav", str(wav),
-               "--json", "--state", str(args.work / "listen-state"), "--format", fmt, "--precision", prec,
-               "--threads", "1"]
+        cmd = [
+            exe,
+            "listen",
+            "--bundle",
+            str(args.bundle),
+            "--public-key",
+            str(args.public_key),
+            "--wav",
+            str(wav),
+            "--json",
+            "--state",
+            str(args.work / "listen-state"),
+            "--format",
+            fmt,
+            "--precision",
+            prec,
+            "--threads",
+            "1",
+        ]
         # the first run fits the softmax temperature on the coreset and caches it in the state directory, as a
         # device does once per bundle; the measured run is the second
         subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-        r = json.loads(subprocess.run([sys.executable, "-c", _CHILD, *cmd], capture_output=True, text=True,
-                                      env=env, check=True).stdout)
+        r = measure_command(cmd, env=env)
         if r["rc"] != 0:
             raise SystemExit(f"listen failed: {r['stderr']}")
         events = [json.loads(line) for line in r["stdout"].splitlines() if line.startswith("{")]
-        rt = json.loads(subprocess.run([sys.executable, "-c", _RUNTIME_ONLY, str(args.bundle), str(args.public_key),
-                                        str(wav), fmt, prec, str(args.work / "listen-state")], capture_output=True,
-                                       text=True, env=env,
-                                       check=True).stdout)
+        rt = json.loads(
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    _RUNTIME_ONLY,
+                    str(args.bundle),
+                    str(args.public_key),
+                    str(wav),
+                    fmt,
+                    prec,
+                    str(args.work / "listen-state"),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            ).stdout
+        )
         sc = _score(events, spans)
-        rows.append({"format": fmt, "precision": prec, "cli_wall_s": r["wall"], "cli_peak_rss_mb": r["peak_rss_mb"],
-                     "runtime_peak_rss_mb": rt["peak_rss_mb"], "runtime_start_s": rt["start_s"],
-                     "runtime_process_s": rt["process_s"], "real_time_factor": rt["process_s"] / audio_s,
-                     "events": events, **sc})
-        print(f"{fmt} {prec}: {sc['hits']}/{sc['words']} words, {sc['false_alarms']} false, CLI peak RSS "
-              f"{r['peak_rss_mb']:.0f} MB, runtime {rt['peak_rss_mb']:.0f} MB, RTF {rt['process_s'] / audio_s:.3f}",
-              flush=True)
-    res = {"bundle": str(args.bundle), "words": words, "spans": spans, "audio_seconds": audio_s, "rows": rows}
-    L = ["# `edgekws listen --wav` on a generated sentence", "",
-         f"Bundle `{args.bundle}`; sentence: {' '.join(words)} (espeak-ng en-us, {args.gap} s of silence between "
-         f"words, {audio_s:.1f} s). Hop 100 ms, 5-hop smoothing, threshold 0.6, refractory 1 s, level gate 10 dB, "
-         "softmax temperature fitted on the bundle's coreset, one thread, as fast as possible.", "",
-         "| graph | words found | false alarms | CLI peak RSS MB | runtime-only peak RSS MB | real-time factor "
-         "(processing / audio) | CLI wall s |", "|---|---|---|---|---|---|---|"]
+        rows.append(
+            {
+                "format": fmt,
+                "precision": prec,
+                "cli_wall_s": r["wall_s"],
+                "cli_peak_rss_mb": r["peak_rss_mb"],
+                "runtime_peak_rss_mb": rt["peak_rss_mb"],
+                "runtime_start_s": rt["start_s"],
+                "runtime_process_s": rt["process_s"],
+                "real_time_factor": rt["process_s"] / audio_s,
+                "events": events,
+                **sc,
+            }
+        )
+        print(
+            f"{fmt} {prec}: {sc['hits']}/{sc['words']} words, {sc['false_alarms']} false, CLI peak RSS "
+            f"{r['peak_rss_mb']:.0f} MB, runtime {rt['peak_rss_mb']:.0f} MB, RTF {rt['process_s'] / audio_s:.3f}",
+            flush=True,
+        )
+    res = {
+        "machine": describe_machine(),
+        "bundle": str(args.bundle),
+        "words": words,
+        "spans": spans,
+        "audio_seconds": audio_s,
+        "rows": rows,
+    }
+    L = [
+        "# `edgekws listen --wav` on a generated sentence",
+        "",
+        f"Bundle `{args.bundle}`; sentence: {' '.join(words)} (espeak-ng en-us, {args.gap} s of silence between "
+        f"words, {audio_s:.1f} s). Hop 100 ms, 5-hop smoothing, threshold 0.6, refractory 1 s, level gate 10 dB, "
+        "softmax temperature fitted on the bundle's coreset, one thread, as fast as possible.",
+        "",
+        "| graph | words found | false alarms | CLI peak RSS MB | runtime-only peak RSS MB | real-time factor "
+        "(processing / audio) | CLI wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        L.append(f"| {r['format']} {r['precision']} | {r['hits']}/{r['words']} | {r['false_alarms']} | "
-                 f"{r['cli_peak_rss_mb']:.0f} | {r['runtime_peak_rss_mb']:.0f} | {r['real_time_factor']:.3f} | "
-                 f"{r['cli_wall_s']:.1f} |")
+        L.append(
+            f"| {r['format']} {r['precision']} | {r['hits']}/{r['words']} | {r['false_alarms']} | "
+            f"{r['cli_peak_rss_mb']:.0f} | {r['runtime_peak_rss_mb']:.0f} | {r['real_time_factor']:.3f} | "
+            f"{r['cli_wall_s']:.1f} |"
+        )
     if rows:
         L += ["", f"Detections ({rows[0]['format']} {rows[0]['precision']}), JSON lines as printed:", "", "```"]
         L += [json.dumps(e) for e in rows[0]["events"]]
-        L += ["```", "", "Word positions (onset–offset, s): " +
-              ", ".join(f"{w} {on:.2f}–{off:.2f}" for w, on, off in spans)]
-    L += ["", f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}; "
-          f"run at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."]
+        L += [
+            "```",
+            "",
+            "Word positions (onset–offset, s): " + ", ".join(f"{w} {on:.2f}–{off:.2f}" for w, on, off in spans),
+        ]
+    m = res["machine"]
+    L += [
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores (shared), load average at start "
+        f"{m['load_average_start'][0]:.1f}, Python {m['versions']['python']}; run at {m['started_utc']} UTC.",
+    ]
     from edgekws.fileio import atomic_write_bytes, atomic_write_json
 
     atomic_write_json(RESULTS / f"{args.name}.json", res)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,25 +24,28 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from edgekws.bundle import generate_keypair
+from edgekws.datasets import load_dataset
+from edgekws.device.backend import open_backend
 from edgekws.export import (
     compare,
     export_bundle,
     graph_outputs,
-    onnx_session,
     quantize_onnx,
     real_features,
     torch_outputs,
 )
-from edgekws.export.tflite import tflite_interpreter, tflite_unavailable_reason
+from edgekws.export.tflite import tflite_unavailable_reason
+from edgekws.fileio import atomic_write_bytes, atomic_write_json
 from edgekws.server.pipeline import run_environment, train_on_dataset
 from edgekws.server.train import TrainConfig, load_checkpoint
-
-from edgekws.bundle import generate_keypair
-from edgekws.datasets import load_dataset
-from edgekws.fileio import atomic_write_bytes, atomic_write_json
 from edgekws.targets import get_target
 
 RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(RESULTS.parent))
+
+from harness import describe_machine, latency_ms  # noqa: E402
 
 # name, target, model, default checkpoint (relative to --runs), epochs when it has to be trained here
 CASES = [
@@ -53,34 +56,14 @@ CASES = [
 
 
 def _latency_ms(run, x1: np.ndarray, repeats: int) -> dict[str, float]:
-    for _ in range(5):
-        run(x1)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        run(x1)
-        times.append(1000 * (time.perf_counter() - t))
-    return {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90))}
+    """Median and p90 of single-clip runs after warm-up (the shared harness)."""
+    t = latency_ms(run, x1, repeats, warmup=5)
+    return {"median_ms": t["p50_ms"], "p90_ms": t["p90_ms"]}
 
 
 def _runner(path: Path):
-    if path.suffix == ".onnx":
-        sess = onnx_session(path, threads=1)
-        name = sess.get_inputs()[0].name
-        return lambda x: sess.run(None, {name: x})
-    it = tflite_interpreter(path, threads=1)
-    inp = it.get_input_details()[0]
-
-    def run(x):
-        v = x
-        if inp["dtype"] == np.int8:
-            s, z = inp["quantization"]
-            v = np.clip(np.round(x / s) + z, -128, 127).astype(np.int8)
-        it.set_tensor(inp["index"], v)
-        it.invoke()
-        return it.get_tensor(it.get_output_details()[0]["index"])
-
-    return run
+    """The graph as the device runs it (its backend, its int8 input quantisation)."""
+    return open_backend(path, threads=1).predict
 
 
 def _ensure_checkpoint(path: Path, target: str, model: str, epochs: int, gsc: Path) -> None:
@@ -155,7 +138,7 @@ def main() -> None:
                           "budget": res.manifest["metrics"]["budget"], "embedding_parity": emb,
                           "bundle_files": {k: v["size"] for k, v in res.manifest["files"].items()}})
 
-    env = run_environment()
+    env = {**run_environment(), "machine": describe_machine()}
     env["tflite"] = tflite_unavailable_reason() or "available"
     report = {"environment": env, "cases": cases_out, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
