@@ -42,8 +42,17 @@ from harness import cpu_model, describe_machine
 from harness import percentiles as _percentiles
 from harness import status_mb as _status_mb
 
-__all__ = ["BenchError", "BenchPlan", "ModelCase", "cpu_model", "describe_machine", "gsc_plan", "make_keyword_wav",
-           "render_markdown", "run_bench"]
+__all__ = [
+    "BenchError",
+    "BenchPlan",
+    "ModelCase",
+    "cpu_model",
+    "describe_machine",
+    "gsc_plan",
+    "make_keyword_wav",
+    "render_markdown",
+    "run_bench",
+]
 
 RESULT_TAG = "EDGEKWS-BENCH-RESULT "
 GRAPHS = (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8"))
@@ -103,8 +112,12 @@ class BenchPlan:
     quick: bool = False
     # streaming
     stream_bundle: Path | None = None
-    stream_graphs: tuple[tuple[str, str], ...] = (("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"),
-                                                  ("tflite", "int8"))
+    stream_graphs: tuple[tuple[str, str], ...] = (
+        ("onnx", "fp32"),
+        ("onnx", "int8"),
+        ("tflite", "fp32"),
+        ("tflite", "int8"),
+    )
     stream_seconds: float = 60.0
     stream_cli: bool = True  # also run `edgekws listen` for its own wall time, CPU time and peak RSS
     public_key: Path | None = None  # None: trust the key embedded in the bundle (integrity only)
@@ -116,11 +129,17 @@ class BenchPlan:
     finetune_steps: int = 300
     # distillation
     distill_data: Path | None = None  # npz xtr, ytr, xv, yv, classes, feature_config (json)
-    distill_base: dict[str, Any] = field(default_factory=lambda: {"per_class": 20, "batch_size": 500,
-                                                                  "n_models": 2, "width": 32})
-    distill_sweeps: dict[str, tuple[int, ...]] = field(default_factory=lambda: {
-        "per_class": (10, 20, 50, 100), "batch_size": (250, 500, 1000, 2000), "n_models": (1, 2, 4),
-        "width": (16, 32, 64)})
+    distill_base: dict[str, Any] = field(
+        default_factory=lambda: {"per_class": 20, "batch_size": 500, "n_models": 2, "width": 32}
+    )
+    distill_sweeps: dict[str, tuple[int, ...]] = field(
+        default_factory=lambda: {
+            "per_class": (10, 20, 50, 100),
+            "batch_size": (250, 500, 1000, 2000),
+            "n_models": (1, 2, 4),
+            "width": (16, 32, 64),
+        }
+    )
     distill_steps: int = 3
     distill_n_train: int = 1000
     distill_n_val: int = 100
@@ -139,7 +158,6 @@ class BenchPlan:
 
 # ------------------------------------------------------------------------------------------------------------------
 # Machine description
-
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -204,11 +222,18 @@ def _child_infer(spec: dict[str, Any]) -> dict[str, Any]:
     wall = time.perf_counter() - w0
     cpu = time.process_time() - cpu0
     seen = preds >= 0
-    return {"first_result_unix": first_unix, "import_s": t_import - t0, "load_s": t_load - t_import,
-            "first_inference_s": t_first - t_load, "latency": _percentiles(times),
-            "accuracy": float(np.mean(preds[seen] == y[seen])) if seen.any() else None,
-            "accuracy_clips": int(seen.sum()), "cpu_per_wall": cpu / wall if wall > 0 else None,
-            "rss_after_load_mb": rss_loaded, "peak_rss_mb": _status_mb("VmHWM")}
+    return {
+        "first_result_unix": first_unix,
+        "import_s": t_import - t0,
+        "load_s": t_load - t_import,
+        "first_inference_s": t_first - t_load,
+        "latency": _percentiles(times),
+        "accuracy": float(np.mean(preds[seen] == y[seen])) if seen.any() else None,
+        "accuracy_clips": int(seen.sum()),
+        "cpu_per_wall": cpu / wall if wall > 0 else None,
+        "rss_after_load_mb": rss_loaded,
+        "peak_rss_mb": _status_mb("VmHWM"),
+    }
 
 
 class _Timed:
@@ -236,8 +261,17 @@ def _child_stream(spec: dict[str, Any]) -> dict[str, Any]:
     from edgekws.device.stream import WavSource
 
     key = spec.get("public_key")
-    spotter = Spotter.open(spec["bundle"], public_key=key, trust_embedded_key=key is None, fmt=spec["format"],
-                           precision=spec["precision"], threads=1, local=False, calibrate=False, check_every_s=None)
+    spotter = Spotter.open(
+        spec["bundle"],
+        public_key=key,
+        trust_embedded_key=key is None,
+        fmt=spec["format"],
+        precision=spec["precision"],
+        threads=1,
+        local=False,
+        calibrate=False,
+        check_every_s=None,
+    )
     info = spotter.bundle
     det = spotter.detector
     model = det.model = _Timed(spotter.model)  # inference timed apart from the MFCC
@@ -262,10 +296,19 @@ def _child_stream(spec: dict[str, Any]) -> dict[str, Any]:
     process_s = time.perf_counter() - t1
     cpu = time.process_time() - cpu0
     audio_s = samples / info.feature_config.sample_rate
-    return {"audio_s": audio_s, "start_s": start_s, "process_s": process_s, "cpu_s": cpu,
-            "mfcc_s": mfcc_s[0], "inference_s": model.seconds, "inferences": model.calls,
-            "real_time_factor": process_s / audio_s, "cpu_percent_of_one_core": 100 * cpu / audio_s,
-            "detections": detections, "peak_rss_mb": _status_mb("VmHWM")}
+    return {
+        "audio_s": audio_s,
+        "start_s": start_s,
+        "process_s": process_s,
+        "cpu_s": cpu,
+        "mfcc_s": mfcc_s[0],
+        "inference_s": model.seconds,
+        "inferences": model.calls,
+        "real_time_factor": process_s / audio_s,
+        "cpu_percent_of_one_core": 100 * cpu / audio_s,
+        "detections": detections,
+        "peak_rss_mb": _status_mb("VmHWM"),
+    }
 
 
 def _child_finetune(spec: dict[str, Any]) -> dict[str, Any]:
@@ -288,9 +331,17 @@ def _child_finetune(spec: dict[str, Any]) -> dict[str, Any]:
     t = time.perf_counter()
     _, _, stats = train_head(Z, T, np.ones(len(Z), np.float32), W0, b0, FinetuneConfig(steps=int(spec["steps"])))
     train_s = time.perf_counter() - t
-    return {"n": len(x), "embedding_dim": int(Z.shape[1]), "embed_s": embed_s, "train_s": train_s,
-            "total_s": embed_s + train_s, "train_accuracy": stats["train_accuracy"],
-            "rss_before_mb": rss0, "rss_after_embed_mb": rss1, "peak_rss_mb": _status_mb("VmHWM")}
+    return {
+        "n": len(x),
+        "embedding_dim": int(Z.shape[1]),
+        "embed_s": embed_s,
+        "train_s": train_s,
+        "total_s": embed_s + train_s,
+        "train_accuracy": stats["train_accuracy"],
+        "rss_before_mb": rss0,
+        "rss_after_embed_mb": rss1,
+        "peak_rss_mb": _status_mb("VmHWM"),
+    }
 
 
 def _child_distill(spec: dict[str, Any]) -> dict[str, Any]:
@@ -307,8 +358,15 @@ def _child_distill(spec: dict[str, Any]) -> dict[str, Any]:
     ntr, nv = int(spec["n_train"]), int(spec["n_val"])
     xtr, ytr, xv, yv = xtr[:ntr], ytr[:ntr], xv[:nv], yv[:nv]
     c = dict(spec["config"])
-    cfg = RFADConfig(steps=int(spec["steps"]), pool_size=int(c["n_models"]), eval_every=int(spec["steps"]),
-                     patience=0, device="cpu", threads=1, **c)
+    cfg = RFADConfig(
+        steps=int(spec["steps"]),
+        pool_size=int(c["n_models"]),
+        eval_every=int(spec["steps"]),
+        patience=0,
+        device="cpu",
+        threads=1,
+        **c,
+    )
     steps: list[float] = []
 
     def on(ev: dict[str, Any]) -> None:
@@ -320,11 +378,20 @@ def _child_distill(spec: dict[str, Any]) -> dict[str, Any]:
     core = distill(xtr, ytr, xv, yv, classes, fc, cfg, progress=on)
     total = time.perf_counter() - t
     d = RandomConvNets(1, width=cfg.width, depth=cfg.depth, max_features=cfg.max_features).feature_dim(xtr.shape[1:])
-    return {"config": c, "n_train": len(xtr), "n_val": len(xv), "steps": len(steps),
-            "seconds_per_step": statistics.median(steps) if steps else None,
-            "seconds_per_step_mean": float(np.mean(steps)) if steps else None, "step_seconds": steps,
-            "feature_seconds": core.metrics["feature_seconds"], "total_s": total,
-            "features_per_net": d, "rss_before_mb": rss0, "peak_rss_mb": _status_mb("VmHWM")}
+    return {
+        "config": c,
+        "n_train": len(xtr),
+        "n_val": len(xv),
+        "steps": len(steps),
+        "seconds_per_step": statistics.median(steps) if steps else None,
+        "seconds_per_step_mean": float(np.mean(steps)) if steps else None,
+        "step_seconds": steps,
+        "feature_seconds": core.metrics["feature_seconds"],
+        "total_s": total,
+        "features_per_net": d,
+        "rss_before_mb": rss0,
+        "peak_rss_mb": _status_mb("VmHWM"),
+    }
 
 
 _CHILDREN = {"infer": _child_infer, "stream": _child_stream, "finetune": _child_finetune, "distill": _child_distill}
@@ -358,8 +425,15 @@ def _spawn(kind: str, spec: dict[str, Any], plan: BenchPlan, threads: int = 1) -
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, json.dumps(spec)]
     launched = time.time()
     try:
-        r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_child_env(threads),
-                           timeout=plan.timeout_s, preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+        r = subprocess.run(
+            cmd,
+            check=False,
+            capture_output=True,
+            text=True,
+            env=_child_env(threads),
+            timeout=plan.timeout_s,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {plan.timeout_s:.0f} s"}
     wall = time.time() - launched
@@ -367,13 +441,11 @@ def _spawn(kind: str, spec: dict[str, Any], plan: BenchPlan, threads: int = 1) -
     if r.returncode != 0 or line is None:
         tail = (r.stderr or r.stdout).strip().splitlines()[-6:]
         return {"error": f"exit {r.returncode}: " + " | ".join(tail)}
-    res = json.loads(line[len(RESULT_TAG):])
+    res = json.loads(line[len(RESULT_TAG) :])
     res["process_wall_s"] = wall
     if "first_result_unix" in res:
         res["cold_start_s"] = res.pop("first_result_unix") - launched
     return res
-
-
 
 
 def _run_cli(args: list[str], plan: BenchPlan) -> dict[str, Any]:
@@ -382,8 +454,15 @@ def _run_cli(args: list[str], plan: BenchPlan) -> dict[str, Any]:
     cpus = set(plan.cpus) if plan.cpus else None
     cmd = [sys.executable, "-c", _WRAP, sys.executable, "-m", "edgekws.cli", *args]
     try:
-        r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_child_env(1), timeout=plan.timeout_s,
-                           preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+        r = subprocess.run(
+            cmd,
+            check=False,
+            capture_output=True,
+            text=True,
+            env=_child_env(1),
+            timeout=plan.timeout_s,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {plan.timeout_s:.0f} s"}
     if r.returncode != 0:
@@ -415,28 +494,64 @@ def bench_device(plan: BenchPlan, progress: Progress | None = None) -> list[dict
             if fmt == "torch":
                 path = m.checkpoint
                 if path is None or not Path(path).is_file():
-                    rows.append({"model": m.name, "target": m.target, "format": fmt, "precision": prec,
-                                 "skipped": "no torch checkpoint"})
+                    rows.append(
+                        {
+                            "model": m.name,
+                            "target": m.target,
+                            "format": fmt,
+                            "precision": prec,
+                            "skipped": "no torch checkpoint",
+                        }
+                    )
                     continue
             else:
                 if not _has_graph(m.bundle, "classifier", fmt, prec):
-                    rows.append({"model": m.name, "target": m.target, "format": fmt, "precision": prec,
-                                 "skipped": f"the bundle has no {fmt} {prec} classifier"})
+                    rows.append(
+                        {
+                            "model": m.name,
+                            "target": m.target,
+                            "format": fmt,
+                            "precision": prec,
+                            "skipped": f"the bundle has no {fmt} {prec} classifier",
+                        }
+                    )
                     continue
                 path = _graph_file(m.bundle, "classifier", fmt, prec)
             for t in plan.threads:
                 _emit(progress, event="case", section="device", case=f"{m.name} {fmt} {prec} {t} thread(s)")
-                spec = {"format": fmt, "path": str(path), "data": str(m.test_data), "threads": t,
-                        "warmup": plan.warmup, "repeats": m.repeats, "max_seconds": plan.case_seconds}
+                spec = {
+                    "format": fmt,
+                    "path": str(path),
+                    "data": str(m.test_data),
+                    "threads": t,
+                    "warmup": plan.warmup,
+                    "repeats": m.repeats,
+                    "max_seconds": plan.case_seconds,
+                }
                 res = _spawn("infer", spec, plan, threads=t)
-                rows.append({"model": m.name, "target": m.target, "format": fmt, "precision": prec, "threads": t,
-                             "file_bytes": Path(path).stat().st_size, "test_clips": n_test, **res})
+                rows.append(
+                    {
+                        "model": m.name,
+                        "target": m.target,
+                        "format": fmt,
+                        "precision": prec,
+                        "threads": t,
+                        "file_bytes": Path(path).stat().st_size,
+                        "test_clips": n_test,
+                        **res,
+                    }
+                )
                 _emit(progress, event="result", section="device", row=rows[-1])
     return rows
 
 
-def make_keyword_wav(path: Path, seconds: float, keywords: Sequence[str] = ("yes", "no", "up", "down", "left",
-                     "right", "on", "off", "stop", "go"), gap_s: float = 1.0, seed: int = 0) -> dict[str, Any]:
+def make_keyword_wav(
+    path: Path,
+    seconds: float,
+    keywords: Sequence[str] = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"),
+    gap_s: float = 1.0,
+    seed: int = 0,
+) -> dict[str, Any]:
     """A long WAV of synthetic spoken keywords (:func:`edgekws.datasets.synthetic.render_clip`) with ``gap_s`` of
     faint noise between them; returns the words and their start times."""
     from edgekws.audio import save_wav
@@ -472,13 +587,34 @@ def bench_stream(plan: BenchPlan, progress: Progress | None = None) -> dict[str,
             rows.append({"format": fmt, "precision": prec, "skipped": f"the bundle has no {fmt} {prec} classifier"})
             continue
         _emit(progress, event="case", section="stream", case=f"listen {fmt} {prec}")
-        spec = {"bundle": str(bundle), "wav": str(wav), "format": fmt, "precision": prec,
-                "public_key": str(plan.public_key) if plan.public_key else None}
+        spec = {
+            "bundle": str(bundle),
+            "wav": str(wav),
+            "format": fmt,
+            "precision": prec,
+            "public_key": str(plan.public_key) if plan.public_key else None,
+        }
         row: dict[str, Any] = {"format": fmt, "precision": prec, "runtime": _spawn("stream", spec, plan)}
         if plan.stream_cli:
             state = plan.work_dir / "listen-state"
-            args = ["listen", "--bundle", str(bundle), "--wav", str(wav), "--fast", "--json", "--threads", "1",
-                    "--format", fmt, "--precision", prec, "--state", str(state), *key_args]
+            args = [
+                "listen",
+                "--bundle",
+                str(bundle),
+                "--wav",
+                str(wav),
+                "--fast",
+                "--json",
+                "--threads",
+                "1",
+                "--format",
+                fmt,
+                "--precision",
+                prec,
+                "--state",
+                str(state),
+                *key_args,
+            ]
             if json.loads((bundle / "manifest.json").read_text()).get("coreset"):
                 _run_cli(args, plan)  # fits and caches the softmax temperature, as a device does once per bundle
             cli = _run_cli(args, plan)
@@ -490,8 +626,7 @@ def bench_stream(plan: BenchPlan, progress: Progress | None = None) -> dict[str,
             row["cli"] = cli
         rows.append(row)
         _emit(progress, event="result", section="stream", row=row)
-    return {"bundle": str(bundle), "audio": {"seconds": audio["seconds"], "words": len(audio["words"])},
-            "rows": rows}
+    return {"bundle": str(bundle), "audio": {"seconds": audio["seconds"], "words": len(audio["words"])}, "rows": rows}
 
 
 def bench_finetune(plan: BenchPlan, progress: Progress | None = None) -> dict[str, Any]:
@@ -508,8 +643,13 @@ def bench_finetune(plan: BenchPlan, progress: Progress | None = None) -> dict[st
             rows.append({"n": n, "skipped": f"only {available} clips available"})
             continue
         _emit(progress, event="case", section="finetune", case=f"{n} samples")
-        spec = {"bundle": str(bundle), "graph": str(graph), "data": str(plan.finetune_data), "n": n,
-                "steps": plan.finetune_steps}
+        spec = {
+            "bundle": str(bundle),
+            "graph": str(graph),
+            "data": str(plan.finetune_data),
+            "n": n,
+            "steps": plan.finetune_steps,
+        }
         rows.append({"n": n, **_spawn("finetune", spec, plan)})
         _emit(progress, event="result", section="finetune", row=rows[-1])
     return {"bundle": str(bundle), "graph": graph.name, "steps": plan.finetune_steps, "rows": rows}
@@ -535,8 +675,13 @@ def bench_distill(plan: BenchPlan, progress: Progress | None = None) -> dict[str
         need = int(cfg["batch_size"])
         ntr = min(n_train, max(plan.distill_n_train, need))
         _emit(progress, event="case", section="distill", case=", ".join(f"{k}={v}" for k, v in cfg.items()))
-        spec = {"data": str(plan.distill_data), "config": cfg, "steps": plan.distill_steps, "n_train": ntr,
-                "n_val": plan.distill_n_val}
+        spec = {
+            "data": str(plan.distill_data),
+            "config": cfg,
+            "steps": plan.distill_steps,
+            "n_train": ntr,
+            "n_val": plan.distill_n_val,
+        }
         rows.append({"varied": param, **_spawn("distill", spec, plan)})
         rows[-1].setdefault("config", cfg)
         _emit(progress, event="result", section="distill", row=rows[-1])
@@ -560,11 +705,23 @@ def run_bench(plan: BenchPlan, progress: Progress | None = None) -> dict[str, An
     t0 = time.perf_counter()
     plan.work_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "name": plan.name, "quick": plan.quick, "target": plan.target, "machine": machine,
-        "settings": {"threads": list(plan.threads), "warmup": plan.warmup, "case_seconds": plan.case_seconds,
-                     "cpus": list(plan.cpus) if plan.cpus else None,
-                     "models": [m.to_dict() for m in plan.models], "sections": list(plan.sections)},
-        "references": REFERENCES, "goals": GOALS, "notes": list(plan.notes), "skipped": {}}
+        "name": plan.name,
+        "quick": plan.quick,
+        "target": plan.target,
+        "machine": machine,
+        "settings": {
+            "threads": list(plan.threads),
+            "warmup": plan.warmup,
+            "case_seconds": plan.case_seconds,
+            "cpus": list(plan.cpus) if plan.cpus else None,
+            "models": [m.to_dict() for m in plan.models],
+            "sections": list(plan.sections),
+        },
+        "references": REFERENCES,
+        "goals": GOALS,
+        "notes": list(plan.notes),
+        "skipped": {},
+    }
     if "device" in plan.sections:
         report["device"] = bench_device(plan, progress) if plan.models else []
         if not plan.models:
@@ -610,27 +767,41 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         if one:
             best = min(one, key=lambda r: r["latency"]["p50_ms"])
             h[f"{model}: fastest graph, 1 thread"] = {
-                "graph": f"{best['format']} {best['precision']}", "p50_ms": best["latency"]["p50_ms"],
-                "p99_ms": best["latency"]["p99_ms"], "file_kb": best["file_bytes"] / 1024,
-                "accuracy": best["accuracy"], "peak_rss_mb": best["peak_rss_mb"]}
+                "graph": f"{best['format']} {best['precision']}",
+                "p50_ms": best["latency"]["p50_ms"],
+                "p99_ms": best["latency"]["p99_ms"],
+                "file_kb": best["file_bytes"] / 1024,
+                "accuracy": best["accuracy"],
+                "peak_rss_mb": best["peak_rss_mb"],
+            }
     cnn_int8 = [r for r in dev if r["model"] == "cnn4" and r["precision"] == "int8" and r["threads"] == 1]
     if cnn_int8:
         b = min(cnn_int8, key=lambda r: r["latency"]["p50_ms"])
-        h["goal: int8 CNN-4 <= 1 ms per clip, one core"] = {"graph": b["format"], "p50_ms": b["latency"]["p50_ms"],
-                                                           "met": b["latency"]["p50_ms"] <= 1.0}
+        h["goal: int8 CNN-4 <= 1 ms per clip, one core"] = {
+            "graph": b["format"],
+            "p50_ms": b["latency"]["p50_ms"],
+            "met": b["latency"]["p50_ms"] <= 1.0,
+        }
     ds = [r for r in dev if r["model"].startswith("dscnn") and r["threads"] == 1]
     if ds:
         fast = min(ds, key=lambda r: r["latency"]["p50_ms"])
         small = min(ds, key=lambda r: r["file_bytes"])
         h["reference: kws_streaming DS-CNN 9.5 ms per clip (Pixel 4)"] = {
-            "ours": f"{fast['model']} {fast['format']} {fast['precision']}", "p50_ms": fast["latency"]["p50_ms"]}
-        h["reference: micro_speech model 20 KB"] = {"ours": f"{small['model']} {small['format']} {small['precision']}",
-                                                    "file_kb": small["file_bytes"] / 1024}
+            "ours": f"{fast['model']} {fast['format']} {fast['precision']}",
+            "p50_ms": fast["latency"]["p50_ms"],
+        }
+        h["reference: micro_speech model 20 KB"] = {
+            "ours": f"{small['model']} {small['format']} {small['precision']}",
+            "file_kb": small["file_bytes"] / 1024,
+        }
     cli = [r["cli"] for r in report.get("stream", {}).get("rows", []) if "cli" in r and "error" not in r["cli"]]
     if cli:
         lo = min(cli, key=lambda c: c["peak_rss_mb"])
-        h["goal: listen peak RSS <= 80 MB"] = {"lowest_mb": lo["peak_rss_mb"], "met": lo["peak_rss_mb"] <= 80.0,
-                                               "all_mb": [round(c["peak_rss_mb"], 1) for c in cli]}
+        h["goal: listen peak RSS <= 80 MB"] = {
+            "lowest_mb": lo["peak_rss_mb"],
+            "met": lo["peak_rss_mb"] <= 80.0,
+            "all_mb": [round(c["peak_rss_mb"], 1) for c in cli],
+        }
     return h
 
 
@@ -645,70 +816,92 @@ def render_markdown(report: dict[str, Any]) -> str:
     v = m["versions"]
     s = report["settings"]
     L = [f"# Edge benchmark `{report['name']}`" + (" (quick)" if report["quick"] else ""), ""]
-    L.append(f"Machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), "
-             f"{_f(m['memory_mb'] and m['memory_mb'] / 1024, '.0f')} GB RAM, {m['system']}; Python {v['python']}, "
-             f"numpy {v['numpy']}, torch {v['torch']}, onnxruntime {v['onnxruntime']}, ai-edge-litert "
-             f"{v['ai-edge-litert']}; commit {m['git_commit']}. Run {m['started_utc']} → {m.get('finished_utc')} "
-             f"UTC ({report['wall_s'] / 60:.1f} min). Load average (1/5/15 min) at start "
-             f"{' / '.join(f'{x:.1f}' for x in m['load_average_start'])}, at end "
-             f"{' / '.join(f'{x:.1f}' for x in m.get('load_average_end', []))}.")
+    L.append(
+        f"Machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), "
+        f"{_f(m['memory_mb'] and m['memory_mb'] / 1024, '.0f')} GB RAM, {m['system']}; Python {v['python']}, "
+        f"numpy {v['numpy']}, torch {v['torch']}, onnxruntime {v['onnxruntime']}, ai-edge-litert "
+        f"{v['ai-edge-litert']}; commit {m['git_commit']}. Run {m['started_utc']} → {m.get('finished_utc')} "
+        f"UTC ({report['wall_s'] / 60:.1f} min). Load average (1/5/15 min) at start "
+        f"{' / '.join(f'{x:.1f}' for x in m['load_average_start'])}, at end "
+        f"{' / '.join(f'{x:.1f}' for x in m.get('load_average_end', []))}."
+    )
     L.append("")
     tgt = f"target profile `{report['target']}`: " if report["target"] else ""
-    L.append(f"{tgt}threads {s['threads']}, CPU affinity {s['cpus'] or 'not restricted'}. Every case ran alone in a "
-             "fresh process, one after another. On a shared machine absolute times move with the load: compare "
-             "ratios within this run.")
+    L.append(
+        f"{tgt}threads {s['threads']}, CPU affinity {s['cpus'] or 'not restricted'}. Every case ran alone in a "
+        "fresh process, one after another. On a shared machine absolute times move with the load: compare "
+        "ratios within this run."
+    )
     for note in report.get("notes", []):
         L += ["", f"Note: {note}"]
     h = report.get("headline", {})
     if h:
         L += ["", "## Headline", ""]
         for k, val in h.items():
-            L.append(f"- **{k}**: " + ", ".join(f"{a} {_f(b, '.3g') if isinstance(b, float) else b}"
-                                                 for a, b in val.items()))
-    L += ["", "Reference points (published, other hardware): kws_streaming DS-CNN ≈ 9.5 ms per 1 s clip on a "
-          "Pixel 4; TF Lite Micro micro_speech model ≈ 20 KB. Goals: int8 CNN ≤ 1 ms per 1 s clip on one core "
-          "here; `listen` peak RSS ≤ 80 MB."]
+            L.append(
+                f"- **{k}**: " + ", ".join(f"{a} {_f(b, '.3g') if isinstance(b, float) else b}" for a, b in val.items())
+            )
+    L += [
+        "",
+        "Reference points (published, other hardware): kws_streaming DS-CNN ≈ 9.5 ms per 1 s clip on a "
+        "Pixel 4; TF Lite Micro micro_speech model ≈ 20 KB. Goals: int8 CNN ≤ 1 ms per 1 s clip on one core "
+        "here; `listen` peak RSS ≤ 80 MB.",
+    ]
 
     dev = report.get("device")
     if dev is not None:
-        L += ["", "## Device inference (batch 1, one 1 s clip per call)", "",
-              "Cold start: process launch → first result (interpreter start, imports, graph load, first run). "
-              "Latency over single real test clips after warm-up (torch: `inference_mode`; ONNX / TFLite: "
-              "`edgekws.device.backend`, input checks and int8 (de)quantisation included). Peak RSS: the case's own "
-              "process (`VmHWM`). A latency loop stops after its time budget once it has 30 runs (runs column). "
-              "Accuracy on the test clips the timed runs covered. torch file size is the checkpoint.",
-              "", "| model | graph | threads | file KB | cold start s | p50 ms | p90 ms | p99 ms | runs | "
-              "peak RSS MB | accuracy % (clips) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        L += [
+            "",
+            "## Device inference (batch 1, one 1 s clip per call)",
+            "",
+            "Cold start: process launch → first result (interpreter start, imports, graph load, first run). "
+            "Latency over single real test clips after warm-up (torch: `inference_mode`; ONNX / TFLite: "
+            "`edgekws.device.backend`, input checks and int8 (de)quantisation included). Peak RSS: the case's own "
+            "process (`VmHWM`). A latency loop stops after its time budget once it has 30 runs (runs column). "
+            "Accuracy on the test clips the timed runs covered. torch file size is the checkpoint.",
+            "",
+            "| model | graph | threads | file KB | cold start s | p50 ms | p90 ms | p99 ms | runs | "
+            "peak RSS MB | accuracy % (clips) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in dev:
             g = f"{r['format']} {r['precision']}"
             if "skipped" in r:
-                L.append(f"| {r['model']} | {g} | – | – | – | – | – | – | – | – | "
-                         f"skipped: {r['skipped']} |")
+                L.append(f"| {r['model']} | {g} | – | – | – | – | – | – | – | – | skipped: {r['skipped']} |")
             elif "error" in r:
-                L.append(f"| {r['model']} | {g} | {r['threads']} | – | – | – | – | – | – | – | error: "
-                         f"{r['error'][:120]} |")
+                L.append(
+                    f"| {r['model']} | {g} | {r['threads']} | – | – | – | – | – | – | – | error: {r['error'][:120]} |"
+                )
             else:
                 lat = r["latency"]
                 acc = f"{100 * r['accuracy']:.1f} ({r['accuracy_clips']})" if r["accuracy"] is not None else "–"
-                L.append(f"| {r['model']} | {g} | {r['threads']} | {r['file_bytes'] / 1024:.1f} | "
-                         f"{r['cold_start_s']:.2f} | {lat['p50_ms']:.3f} | {lat['p90_ms']:.3f} | {lat['p99_ms']:.3f} "
-                         f"| {lat['n']} | {r['peak_rss_mb']:.0f} | {acc} |")
+                L.append(
+                    f"| {r['model']} | {g} | {r['threads']} | {r['file_bytes'] / 1024:.1f} | "
+                    f"{r['cold_start_s']:.2f} | {lat['p50_ms']:.3f} | {lat['p90_ms']:.3f} | {lat['p99_ms']:.3f} "
+                    f"| {lat['n']} | {r['peak_rss_mb']:.0f} | {acc} |"
+                )
         ratios = _ratios(dev)
         if ratios:
             L += ["", "Speed-up of p50 over torch eager (same model, same threads): " + "; ".join(ratios)]
 
     st = report.get("stream")
     if st is not None:
-        L += ["", "## Streaming (`listen` on a long WAV)", "",
-              f"{st['audio']['seconds']:.0f} s of synthetic spoken keywords ({st['audio']['words']} words, 1 s "
-              "gaps), fed as fast as possible, one thread, hop 100 ms (one inference per hop on a 1 s window). "
-              "Runtime: the detector driven from Python, processing time only (after start-up); real-time factor = "
-              "processing / audio time; CPU % of one core = CPU time / audio time (what the detector costs when fed "
-              "in real time). CLI: the whole `edgekws listen --wav --fast --json` process (start-up, bundle "
-              "verification, typer/rich included). Detections: keyword events the runtime reported (the model was "
-              "trained on real speech, the audio is synthetic; words in the file are counted in the first line).", "",
-              "| graph | RTF | CPU % of one core | MFCC ms / hop | inference ms / hop | runtime peak RSS MB | CLI wall "
-              "s | CLI CPU % of one core | CLI peak RSS MB | detections |", "|---|---|---|---|---|---|---|---|---|---|"]
+        L += [
+            "",
+            "## Streaming (`listen` on a long WAV)",
+            "",
+            f"{st['audio']['seconds']:.0f} s of synthetic spoken keywords ({st['audio']['words']} words, 1 s "
+            "gaps), fed as fast as possible, one thread, hop 100 ms (one inference per hop on a 1 s window). "
+            "Runtime: the detector driven from Python, processing time only (after start-up); real-time factor = "
+            "processing / audio time; CPU % of one core = CPU time / audio time (what the detector costs when fed "
+            "in real time). CLI: the whole `edgekws listen --wav --fast --json` process (start-up, bundle "
+            "verification, typer/rich included). Detections: keyword events the runtime reported (the model was "
+            "trained on real speech, the audio is synthetic; words in the file are counted in the first line).",
+            "",
+            "| graph | RTF | CPU % of one core | MFCC ms / hop | inference ms / hop | runtime peak RSS MB | CLI wall "
+            "s | CLI CPU % of one core | CLI peak RSS MB | detections |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in st["rows"]:
             g = f"{r['format']} {r['precision']}"
             if "skipped" in r:
@@ -720,56 +913,88 @@ def render_markdown(report: dict[str, Any]) -> str:
                 continue
             hops = max(1, rt["inferences"])
             c_wall = _f(cli.get("wall_s"), ".2f") if "error" not in cli else "error"
-            L.append(f"| {g} | {rt['real_time_factor']:.4f} | {rt['cpu_percent_of_one_core']:.2f} | "
-                     f"{1e3 * rt['mfcc_s'] / hops:.3f} | {1e3 * rt['inference_s'] / hops:.3f} | "
-                     f"{rt['peak_rss_mb']:.0f} | {c_wall} | {_f(cli.get('cpu_percent_of_one_core'), '.2f')} | "
-                     f"{_f(cli.get('peak_rss_mb'), '.0f')} | {rt['detections']} |")
-        errs = [f"{r['format']} {r['precision']}: {r['cli']['error'][:200]}" for r in st["rows"]
-                if "error" in (r.get("cli") or {})]
+            L.append(
+                f"| {g} | {rt['real_time_factor']:.4f} | {rt['cpu_percent_of_one_core']:.2f} | "
+                f"{1e3 * rt['mfcc_s'] / hops:.3f} | {1e3 * rt['inference_s'] / hops:.3f} | "
+                f"{rt['peak_rss_mb']:.0f} | {c_wall} | {_f(cli.get('cpu_percent_of_one_core'), '.2f')} | "
+                f"{_f(cli.get('peak_rss_mb'), '.0f')} | {rt['detections']} |"
+            )
+        errs = [
+            f"{r['format']} {r['precision']}: {r['cli']['error'][:200]}"
+            for r in st["rows"]
+            if "error" in (r.get("cli") or {})
+        ]
         if errs:
             L += ["", "CLI errors: " + "; ".join(errs)]
     mf = report.get("mfcc")
     if mf:
-        L += ["", f"MFCC alone, numpy vs librosa (from `{mf['source']}`, `benchmarks/mfcc_speed.py`, an earlier run "
-              "on this machine):", "", "| case | ms per clip | other |", "|---|---|---|"]
+        L += [
+            "",
+            f"MFCC alone, numpy vs librosa (from `{mf['source']}`, `benchmarks/mfcc_speed.py`, an earlier run "
+            "on this machine):",
+            "",
+            "| case | ms per clip | other |",
+            "|---|---|---|",
+        ]
         for name, r in mf["results"].items():
-            other = (f"{r['ms_per_hop']:.3f} ms per hop" if "ms_per_hop" in r
-                     else (f"{1e3 * r['seconds']:.1f} ms" if "seconds" in r else ""))
+            other = (
+                f"{r['ms_per_hop']:.3f} ms per hop"
+                if "ms_per_hop" in r
+                else (f"{1e3 * r['seconds']:.1f} ms" if "seconds" in r else "")
+            )
             L.append(f"| {name} | {_f(r.get('ms_per_clip'), '.3f')} | {other} |")
 
     ft = report.get("finetune")
     if ft is not None:
-        L += ["", "## On-device fine-tune (numpy head on the frozen embedding graph)", "",
-              f"Graph `{ft['graph']}` (one thread) embeds N clips (coreset + labelled samples; real clips stand in for "
-              f"both), then `train_head` runs {ft['steps']} full-batch Adam steps. Fresh process per N.", "",
-              "| N samples | embed s | head training s | total s | RSS before MB | peak RSS MB |",
-              "|---|---|---|---|---|---|"]
+        L += [
+            "",
+            "## On-device fine-tune (numpy head on the frozen embedding graph)",
+            "",
+            f"Graph `{ft['graph']}` (one thread) embeds N clips (coreset + labelled samples; real clips stand in for "
+            f"both), then `train_head` runs {ft['steps']} full-batch Adam steps. Fresh process per N.",
+            "",
+            "| N samples | embed s | head training s | total s | RSS before MB | peak RSS MB |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in ft["rows"]:
             if not _ok(r):
                 L.append(f"| {r['n']} | {r.get('skipped') or r.get('error', '')[:120]} | | | | |")
                 continue
-            L.append(f"| {r['n']} | {r['embed_s']:.3f} | {r['train_s']:.3f} | {r['total_s']:.3f} | "
-                     f"{r['rss_before_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
+            L.append(
+                f"| {r['n']} | {r['embed_s']:.3f} | {r['train_s']:.3f} | {r['total_s']:.3f} | "
+                f"{r['rss_before_mb']:.0f} | {r['peak_rss_mb']:.0f} |"
+            )
 
     di = report.get("distill")
     if di is not None:
-        L += ["", "## Distillation (RFAD, CPU, one thread)", "",
-              f"Base: {', '.join(f'{k}={v}' for k, v in di['base'].items())}; one parameter varied at a time; "
-              f"{di['steps']} steps each (seconds per step: median), pool = the sampled nets (their real-side "
-              "features are computed once, 'features s'), validation on a small held-out set at start and end. "
-              "Real data: the normalised MFCC of the training split.", "",
-              "| varied | per class | real batch | nets | width | s / step | features s | total s | RSS before MB | "
-              "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+        L += [
+            "",
+            "## Distillation (RFAD, CPU, one thread)",
+            "",
+            f"Base: {', '.join(f'{k}={v}' for k, v in di['base'].items())}; one parameter varied at a time; "
+            f"{di['steps']} steps each (seconds per step: median), pool = the sampled nets (their real-side "
+            "features are computed once, 'features s'), validation on a small held-out set at start and end. "
+            "Real data: the normalised MFCC of the training split.",
+            "",
+            "| varied | per class | real batch | nets | width | s / step | features s | total s | RSS before MB | "
+            "peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in di["rows"]:
             c = r["config"]
             head = f"| {r['varied']} | {c['per_class']} | {c['batch_size']} | {c['n_models']} | {c['width']} |"
             if "error" in r:
                 L.append(f"{head} error: {r['error'][:120]} | | | | |")
                 continue
-            L.append(f"{head} {_f(r['seconds_per_step'], '.3f')} | {r['feature_seconds']:.2f} | {r['total_s']:.1f} | "
-                     f"{r['rss_before_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
-        L += ["", "Not measured here: distillation on a GPU (none on this machine; the engine runs there unchanged "
-              "with `--device cuda`)."]
+            L.append(
+                f"{head} {_f(r['seconds_per_step'], '.3f')} | {r['feature_seconds']:.2f} | {r['total_s']:.1f} | "
+                f"{r['rss_before_mb']:.0f} | {r['peak_rss_mb']:.0f} |"
+            )
+        L += [
+            "",
+            "Not measured here: distillation on a GPU (none on this machine; the engine runs there unchanged "
+            "with `--device cuda`).",
+        ]
     if report.get("skipped"):
         L += ["", "Skipped sections: " + "; ".join(f"{k}: {v}" for k, v in report["skipped"].items())]
     return "\n".join(L) + "\n"
@@ -784,8 +1009,11 @@ def _ratios(dev: list[dict[str, Any]]) -> list[str]:
             ref = next((r for r in rows if r["format"] == "torch"), None)
             if ref is None:
                 continue
-            parts = [f"{r['format']} {r['precision']} ×{ref['latency']['p50_ms'] / r['latency']['p50_ms']:.1f}"
-                     for r in rows if r is not ref]
+            parts = [
+                f"{r['format']} {r['precision']} ×{ref['latency']['p50_ms'] / r['latency']['p50_ms']:.1f}"
+                for r in rows
+                if r is not ref
+            ]
             if parts:
                 out.append(f"{model} ({t} thr): " + ", ".join(parts))
     return out
@@ -848,8 +1076,10 @@ def write_charts(report: dict[str, Any], out_dir: Path, name: str) -> list[str]:
         fig, axes = plt.subplots(1, len(params), figsize=(3.3 * len(params), 3.2), squeeze=False)
         for ax, p in zip(axes[0], params):
             # the sweep of p: every row equal to the base in all other settings (the base row included)
-            rows = sorted((r for r in di if all(r["config"].get(k) == v for k, v in base.items() if k != p)),
-                          key=lambda r: r["config"][p])
+            rows = sorted(
+                (r for r in di if all(r["config"].get(k) == v for k, v in base.items() if k != p)),
+                key=lambda r: r["config"][p],
+            )
             xs = [r["config"][p] for r in rows]
             ax.plot(xs, [r["seconds_per_step"] for r in rows], "o-", color="C0")
             ax.set_xlabel(p)
@@ -907,9 +1137,17 @@ def _ensure_bundle(ckpt: Path, target: str, bundle: Path, gsc: Path, progress: P
     export_bundle(ckpt, target, bundle, private_key=priv, calibration=cal)
 
 
-def gsc_plan(gsc: Path, runs: Path, out_dir: Path, *, name: str | None = None, quick: bool = False,
-             target: str | None = None, sections: Sequence[str] = SECTIONS,
-             progress: Progress | None = None) -> BenchPlan:
+def gsc_plan(
+    gsc: Path,
+    runs: Path,
+    out_dir: Path,
+    *,
+    name: str | None = None,
+    quick: bool = False,
+    target: str | None = None,
+    sections: Sequence[str] = SECTIONS,
+    progress: Progress | None = None,
+) -> BenchPlan:
     """The default plan: CNN-4, ResNet-18 and the mcu DS-CNN (checkpoints under ``runs``; bundles exported there
     when missing) on the speaker-disjoint test split of the Speech Commands subset in ``gsc``."""
     from edgekws.bundle import load_bundle
@@ -927,10 +1165,12 @@ def gsc_plan(gsc: Path, runs: Path, out_dir: Path, *, name: str | None = None, q
         threads = (tgt.threads,)
         avail = sorted(os.sched_getaffinity(0))
         cpus = tuple(avail[: tgt.threads])
-        notes.append(f"--target {target}: {tgt.threads} inference thread(s), every measured process pinned to CPU "
-                     f"{list(cpus)} (sched_setaffinity); the board's memory budget is "
-                     f"{tgt.memory_budget_kb / 1024:.0f} MB (reported, not enforced). This approximates the core "
-                     "count, not an ARM core's speed.")
+        notes.append(
+            f"--target {target}: {tgt.threads} inference thread(s), every measured process pinned to CPU "
+            f"{list(cpus)} (sched_setaffinity); the board's memory budget is "
+            f"{tgt.memory_budget_kb / 1024:.0f} MB (reported, not enforced). This approximates the core "
+            "count, not an ARM core's speed."
+        )
     name = name or ("bench" + (f"_{target}" if target else "") + ("_quick" if quick else ""))
     work = runs / "bench" / name
     work.mkdir(parents=True, exist_ok=True)
@@ -939,8 +1179,10 @@ def gsc_plan(gsc: Path, runs: Path, out_dir: Path, *, name: str | None = None, q
     for mname, tname, rel_ckpt, rel_bundle, repeats in chosen:
         ckpt, bundle = runs / rel_ckpt, runs / rel_bundle
         if not ckpt.is_file():
-            raise BenchError(f"checkpoint {ckpt} is missing: train it with `edgekws train --dataset gsc --data-dir "
-                             f"{gsc} --model {get_target(tname).model} --out {ckpt.parent}` (or pass --runs)")
+            raise BenchError(
+                f"checkpoint {ckpt} is missing: train it with `edgekws train --dataset gsc --data-dir "
+                f"{gsc} --model {get_target(tname).model} --out {ckpt.parent}` (or pass --runs)"
+            )
         _ensure_bundle(ckpt, tname, bundle, gsc, progress)
         b = load_bundle(bundle, trust_embedded_key=True)  # integrity of every file before timing it
         data = work / f"test_{mname}.npz"
@@ -957,11 +1199,31 @@ def gsc_plan(gsc: Path, runs: Path, out_dir: Path, *, name: str | None = None, q
         xv, yv = real_features("gsc", gsc, list(b.classes), b.feature_config, "val")
         perm = np.random.default_rng(0).permutation(len(xtr))  # class-mixed prefixes
         np.savez(ft_data, x=xtr[perm][:, None].astype(np.float32), y=ytr[perm])
-        np.savez(dist_data, xtr=xtr[perm].astype(np.float32), ytr=ytr[perm], xv=xv.astype(np.float32), yv=yv,
-                 classes=np.array(b.classes), feature_config=json.dumps(b.feature_config.to_dict()))
-    plan = BenchPlan(name=name, out_dir=Path(out_dir), work_dir=work, models=models, sections=tuple(sections),
-                     threads=threads, cpus=cpus, target=target, quick=quick, stream_bundle=cnn.bundle,
-                     finetune_bundle=cnn.bundle, finetune_data=ft_data, distill_data=dist_data, notes=notes)
+        np.savez(
+            dist_data,
+            xtr=xtr[perm].astype(np.float32),
+            ytr=ytr[perm],
+            xv=xv.astype(np.float32),
+            yv=yv,
+            classes=np.array(b.classes),
+            feature_config=json.dumps(b.feature_config.to_dict()),
+        )
+    plan = BenchPlan(
+        name=name,
+        out_dir=Path(out_dir),
+        work_dir=work,
+        models=models,
+        sections=tuple(sections),
+        threads=threads,
+        cpus=cpus,
+        target=target,
+        quick=quick,
+        stream_bundle=cnn.bundle,
+        finetune_bundle=cnn.bundle,
+        finetune_data=ft_data,
+        distill_data=dist_data,
+        notes=notes,
+    )
     if quick:
         plan.warmup = 5
         plan.stream_seconds = 10.0

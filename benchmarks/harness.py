@@ -25,8 +25,15 @@ import numpy as np
 
 from edgekws.machine import cpu_model, describe_machine
 
-__all__ = ["MEASURE_WRAPPER", "cpu_model", "describe_machine", "latency_ms", "measure_command", "percentiles",
-           "status_mb"]
+__all__ = [
+    "MEASURE_WRAPPER",
+    "cpu_model",
+    "describe_machine",
+    "latency_ms",
+    "measure_command",
+    "percentiles",
+    "status_mb",
+]
 
 
 def status_mb(key: str) -> float:
@@ -40,8 +47,14 @@ def status_mb(key: str) -> float:
 
 def percentiles(times_ms: Sequence[float]) -> dict[str, float]:
     t = np.asarray(times_ms, dtype=np.float64)
-    return {"n": int(t.size), "p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
-            "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()), "min_ms": float(t.min())}
+    return {
+        "n": int(t.size),
+        "p50_ms": float(np.percentile(t, 50)),
+        "p90_ms": float(np.percentile(t, 90)),
+        "p99_ms": float(np.percentile(t, 99)),
+        "mean_ms": float(t.mean()),
+        "min_ms": float(t.min()),
+    }
 
 
 def latency_ms(fn: Callable[[Any], Any], x: Any, repeats: int, warmup: int = 5) -> dict[str, float]:
@@ -67,10 +80,23 @@ print(json.dumps({"rc": r.returncode, "wall_s": wall, "cpu_s": u.ru_utime + u.ru
 """
 
 
-def measure_command(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float | None = None,
-                    python: str | None = None, preexec_fn: Callable[[], None] | None = None) -> dict[str, Any]:
+def measure_command(
+    cmd: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    python: str | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Run ``cmd`` under :data:`MEASURE_WRAPPER` (with ``python``, default this interpreter): ``{"rc", "wall_s",
     "cpu_s", "peak_rss_mb", "stdout", "stderr"}``."""
-    r = subprocess.run([python or sys.executable, "-c", MEASURE_WRAPPER, *cmd], check=True, capture_output=True,
-                       text=True, env=env, timeout=timeout, preexec_fn=preexec_fn)
+    r = subprocess.run(
+        [python or sys.executable, "-c", MEASURE_WRAPPER, *cmd],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        preexec_fn=preexec_fn,
+    )
     return json.loads(r.stdout.strip().splitlines()[-1])

@@ -86,68 +86,120 @@ def main() -> None:
         info = open_bundle(bundle, args.public_key, trust_embedded_key=args.embedded_key)
         words = [c for c in info.classes if not c.startswith("_")]
         base, _ = sentence(words, gap_s=1.0, lead_s=0.5, seed=0, noise_db=-50.0)
-        wavs = {s: write_long_wav(args.work / f"{info.id}_{int(s)}s.wav", base, s)
-                for s in sorted(set(lengths) | set(collect_lengths))}
+        wavs = {
+            s: write_long_wav(args.work / f"{info.id}_{int(s)}s.wav", base, s)
+            for s in sorted(set(lengths) | set(collect_lengths))
+        }
         state = args.work / f"state-{info.id}"
         for fmt in args.formats.split(","):
             if not any(k.startswith(f"{fmt}_") for k in info.manifest["graphs"].get("classifier", {})):
                 rows.append({"bundle": str(bundle), "format": fmt, "skipped": f"the bundle has no {fmt} graph"})
                 continue
             base_cmd = ["listen", "--bundle", str(bundle), *key, "--json", "--state", str(state), "--format", fmt]
-            subprocess.run([*exe, *base_cmd, "--wav", str(wavs[min(wavs)])], env=env, check=True,
-                           capture_output=True)  # caches the temperature
-            probe = subprocess.run([args.python, "-c", _IMPORTS, *base_cmd, "--wav", str(wavs[min(wavs)])], env=env,
-                                   capture_output=True, text=True, check=True)
-            imported = next((ln.split(" ", 1)[1] for ln in probe.stderr.splitlines() if ln.startswith("IMPORTED")),
-                            "")
+            subprocess.run(
+                [*exe, *base_cmd, "--wav", str(wavs[min(wavs)])], env=env, check=True, capture_output=True
+            )  # caches the temperature
+            probe = subprocess.run(
+                [args.python, "-c", _IMPORTS, *base_cmd, "--wav", str(wavs[min(wavs)])],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            imported = next((ln.split(" ", 1)[1] for ln in probe.stderr.splitlines() if ln.startswith("IMPORTED")), "")
             for s in lengths:
                 load = os.getloadavg()[0]
                 r = measure_command([*exe, *base_cmd, "--wav", str(wavs[s])], env=env)
                 if r["rc"] != 0:
                     raise SystemExit(f"listen failed: {r['stderr']}")
                 n = sum(1 for ln in r["stdout"].splitlines() if ln.startswith("{"))
-                row = {"bundle": str(bundle), "bundle_id": info.id, "frontend": (info.manifest.get("frontend") or
-                       {}).get("kind", "mfcc"), "format": fmt, "graph": f"{fmt} {info.choose_graph(fmt)[1]}",
-                       "audio_s": s, "peak_rss_mb": round(r["peak_rss_mb"], 1), "wall_s": round(r["wall_s"], 1),
-                       "cpu_s": round(r["cpu_s"], 1), "detections": n, "load_average": round(load, 2),
-                       "imported": imported}
+                row = {
+                    "bundle": str(bundle),
+                    "bundle_id": info.id,
+                    "frontend": (info.manifest.get("frontend") or {}).get("kind", "mfcc"),
+                    "format": fmt,
+                    "graph": f"{fmt} {info.choose_graph(fmt)[1]}",
+                    "audio_s": s,
+                    "peak_rss_mb": round(r["peak_rss_mb"], 1),
+                    "wall_s": round(r["wall_s"], 1),
+                    "cpu_s": round(r["cpu_s"], 1),
+                    "detections": n,
+                    "load_average": round(load, 2),
+                    "imported": imported,
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         for s in collect_lengths:
             cstate = args.work / f"collect-{info.id}-{int(s)}"
             load = os.getloadavg()[0]
-            r = measure_command([*exe, "device", "collect", "--bundle", str(bundle), *key, "--wav", str(wavs[s]),
-                                 "--state", str(cstate), "--k", "10"], env=env)
+            r = measure_command(
+                [
+                    *exe,
+                    "device",
+                    "collect",
+                    "--bundle",
+                    str(bundle),
+                    *key,
+                    "--wav",
+                    str(wavs[s]),
+                    "--state",
+                    str(cstate),
+                    "--k",
+                    "10",
+                ],
+                env=env,
+            )
             if r["rc"] != 0:
                 raise SystemExit(f"collect failed: {r['stderr']}")
-            row = {"bundle": str(bundle), "bundle_id": info.id, "audio_s": s, "peak_rss_mb": round(r["peak_rss_mb"], 1),
-                   "wall_s": round(r["wall_s"], 1), "cpu_s": round(r["cpu_s"], 1), "load_average": round(load, 2),
-                   "summary": " ".join(r["stderr"].split())[-300:]}
+            row = {
+                "bundle": str(bundle),
+                "bundle_id": info.id,
+                "audio_s": s,
+                "peak_rss_mb": round(r["peak_rss_mb"], 1),
+                "wall_s": round(r["wall_s"], 1),
+                "cpu_s": round(r["cpu_s"], 1),
+                "load_average": round(load, 2),
+                "summary": " ".join(r["stderr"].split())[-300:],
+            }
             collect_rows.append(row)
             print(json.dumps(row), flush=True)
-    res = {"machine": machine, "python": args.python, "goals_mb": GOALS, "listen": rows, "collect": collect_rows,
-           "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
-    L = ["# Peak RSS of `edgekws listen --wav --json` and `edgekws device collect --wav` by input length", "",
-         f"Interpreter `{args.python}` (torch importable: "
-         f"{subprocess.run([args.python, '-c', 'import torch'], capture_output=True).returncode == 0}); "
-         f"{machine['cpu']}, {machine['cores']} cores (shared), load average at start "
-         f"{machine['load_average_start'][0]:.1f}; one thread; goals: listen <= {GOALS['tflite']:.0f} MB with "
-         f"TFLite, <= {GOALS['onnx']:.0f} MB with ONNX Runtime, flat in the length; collect <= "
-         f"{GOALS['collect']:.0f} MB.", "",
-         "| bundle (front end) | graph | audio | peak RSS MB | wall s | detections | load | modules imported |",
-         "|---|---|---|---|---|---|---|---|"]
+    res = {
+        "machine": machine,
+        "python": args.python,
+        "goals_mb": GOALS,
+        "listen": rows,
+        "collect": collect_rows,
+        "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
+    L = [
+        "# Peak RSS of `edgekws listen --wav --json` and `edgekws device collect --wav` by input length",
+        "",
+        f"Interpreter `{args.python}` (torch importable: "
+        f"{subprocess.run([args.python, '-c', 'import torch'], capture_output=True).returncode == 0}); "
+        f"{machine['cpu']}, {machine['cores']} cores (shared), load average at start "
+        f"{machine['load_average_start'][0]:.1f}; one thread; goals: listen <= {GOALS['tflite']:.0f} MB with "
+        f"TFLite, <= {GOALS['onnx']:.0f} MB with ONNX Runtime, flat in the length; collect <= "
+        f"{GOALS['collect']:.0f} MB.",
+        "",
+        "| bundle (front end) | graph | audio | peak RSS MB | wall s | detections | load | modules imported |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "skipped" in r:
             L.append(f"| {Path(r['bundle']).name} | {r['format']} | – | skipped: {r['skipped']} | | | | |")
             continue
-        L.append(f"| {Path(r['bundle']).name} ({r['frontend']}) | {r['graph']} | {r['audio_s']:.0f} s | "
-                 f"{r['peak_rss_mb']:.1f} | {r['wall_s']:.1f} | {r['detections']} | {r['load_average']:.1f} | "
-                 f"{r['imported']} |")
+        L.append(
+            f"| {Path(r['bundle']).name} ({r['frontend']}) | {r['graph']} | {r['audio_s']:.0f} s | "
+            f"{r['peak_rss_mb']:.1f} | {r['wall_s']:.1f} | {r['detections']} | {r['load_average']:.1f} | "
+            f"{r['imported']} |"
+        )
     if collect_rows:
         L += ["", "| collect: bundle | audio | peak RSS MB | wall s | load | summary |", "|---|---|---|---|---|---|"]
         for r in collect_rows:
-            L.append(f"| {Path(r['bundle']).name} | {r['audio_s']:.0f} s | {r['peak_rss_mb']:.1f} | {r['wall_s']:.1f} | "
-                     f"{r['load_average']:.1f} | {r['summary']} |")
+            L.append(
+                f"| {Path(r['bundle']).name} | {r['audio_s']:.0f} s | {r['peak_rss_mb']:.1f} | {r['wall_s']:.1f} | "
+                f"{r['load_average']:.1f} | {r['summary']} |"
+            )
     from edgekws.fileio import atomic_write_bytes, atomic_write_json
 
     RESULTS.mkdir(parents=True, exist_ok=True)

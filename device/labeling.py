@@ -64,9 +64,15 @@ def play_clip(y: np.ndarray, sample_rate: int) -> bool:
         return False
 
 
-def label_terminal(store: LabelStore, classes: Sequence[str], fc: FeatureConfig, *,
-                   ask: Callable[[str], str] = input, show: Callable[[str], None] = print,
-                   play: Callable[[np.ndarray, int], bool] | None = play_clip) -> dict[str, int]:
+def label_terminal(
+    store: LabelStore,
+    classes: Sequence[str],
+    fc: FeatureConfig,
+    *,
+    ask: Callable[[str], str] = input,
+    show: Callable[[str], None] = print,
+    play: Callable[[np.ndarray, int], bool] | None = play_clip,
+) -> dict[str, int]:
     """Go through the pending requests; returns ``{"labeled", "skipped", "new_classes"}``."""
     known = list(classes) + [c for c in store.new_classes() if c not in classes]
     done = {"labeled": 0, "skipped": 0, "new_classes": 0}
@@ -77,8 +83,10 @@ def label_terminal(store: LabelStore, classes: Sequence[str], fc: FeatureConfig,
         except AudioError as exc:
             show(f"clip {clip.id}: cannot read {clip.path} ({exc}); skipped")
             continue
-        show(f"\nclip {clip.id} ({k}/{len(pending)})  {Path(clip.path).name}  at {clip.start_s:.2f} s"
-             + (f"  model says: {clip.predicted}" if clip.predicted else ""))
+        show(
+            f"\nclip {clip.id} ({k}/{len(pending)})  {Path(clip.path).name}  at {clip.start_s:.2f} s"
+            + (f"  model says: {clip.predicted}" if clip.predicted else "")
+        )
         for line in spectrogram_lines(y, fc):
             show("  |" + line + "|")
         played = play(y, fc.sample_rate) if play else False
@@ -299,10 +307,22 @@ class LabelServer:
         with self._lock:
             clips = self._store.clips(requested=True)
             known = self.known()
-        return {"classes": known,
-                "clips": [{"id": c.id, "url": f"/clip/{c.id}.wav", "start_s": c.start_s, "source": c.source,
-                           "predicted": c.predicted, "label": c.label, "answered": c.labeled}
-                          for c in clips if not c.labeled]}
+        return {
+            "classes": known,
+            "clips": [
+                {
+                    "id": c.id,
+                    "url": f"/clip/{c.id}.wav",
+                    "start_s": c.start_s,
+                    "source": c.source,
+                    "predicted": c.predicted,
+                    "label": c.label,
+                    "answered": c.labeled,
+                }
+                for c in clips
+                if not c.labeled
+            ],
+        }
 
     @property
     def url(self) -> str:

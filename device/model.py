@@ -75,9 +75,11 @@ def open_bundle(path: str | os.PathLike, public_key: Any = None, *, trust_embedd
     path = Path(path)
     if path.is_file():
         if tarfile.is_tarfile(path):
-            raise DeviceModelError(f"{path} is a bundle archive; a bundle is opened from its unpacked folder: "
-                                   "install it with `edgekws device update`, or unpack it (`mkdir B && tar -xf "
-                                   f"{path} -C B`, then --bundle B; it is verified when opened)")
+            raise DeviceModelError(
+                f"{path} is a bundle archive; a bundle is opened from its unpacked folder: "
+                "install it with `edgekws device update`, or unpack it (`mkdir B && tar -xf "
+                f"{path} -C B`, then --bundle B; it is verified when opened)"
+            )
         raise DeviceModelError(f"{path} is a file, not a bundle folder (one with manifest.json)")
     if not path.is_dir():
         raise DeviceModelError(f"bundle {path} does not exist or is not a directory")
@@ -114,8 +116,10 @@ def list_versions(state: Path) -> list[str]:
     models = Path(state) / "models"
     if not models.is_dir():
         return []
-    return sorted((p.name for p in models.iterdir() if _VERSION_RE.match(p.name) and (p / "head.npz").is_file()),
-                  key=lambda n: int(n[1:]))
+    return sorted(
+        (p.name for p in models.iterdir() if _VERSION_RE.match(p.name) and (p / "head.npz").is_file()),
+        key=lambda n: int(n[1:]),
+    )
 
 
 def current_version(state: Path) -> str | None:
@@ -126,8 +130,9 @@ def current_version(state: Path) -> str | None:
     return name if name in list_versions(state) else None
 
 
-def write_version(state: Path, W: np.ndarray, b: np.ndarray, classes: list[str] | tuple[str, ...],
-                  meta: dict[str, Any]) -> str:
+def write_version(
+    state: Path, W: np.ndarray, b: np.ndarray, classes: list[str] | tuple[str, ...], meta: dict[str, Any]
+) -> str:
     """Write a new head as the next version and make it current (both writes atomic)."""
     W = np.asarray(W, dtype=np.float32)
     b = np.asarray(b, dtype=np.float32)
@@ -181,7 +186,11 @@ def read_coreset(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tuple
     if names is None or fc_raw is None:
         raise DeviceModelError(f"coreset {path} lacks class names or its feature configuration")
     classes = tuple(str(c) for c in np.asarray(names).tolist())
-    fc = FeatureConfig.from_json(str(fc_raw)) if isinstance(fc_raw, (str, np.ndarray)) else FeatureConfig.from_dict(fc_raw)
+    fc = (
+        FeatureConfig.from_json(str(fc_raw))
+        if isinstance(fc_raw, (str, np.ndarray))
+        else FeatureConfig.from_dict(fc_raw)
+    )
     if x.ndim != 3 or y.shape != (len(x), len(classes)):
         raise DeviceModelError(f"coreset {path}: x {x.shape} / y {y.shape} do not fit {len(classes)} classes")
     return x, y, classes, fc

@@ -29,8 +29,19 @@ from edgekws.features import FeatureConfig, mfcc
 from .runtime import softmax
 from .store import LabelStore
 
-__all__ = ["METHODS", "NoiseFloor", "Segmenter", "VADConfig", "choose", "clip_windows", "collect", "margins",
-           "noise_floor", "segment", "window_features"]
+__all__ = [
+    "METHODS",
+    "NoiseFloor",
+    "Segmenter",
+    "VADConfig",
+    "choose",
+    "clip_windows",
+    "collect",
+    "margins",
+    "noise_floor",
+    "segment",
+    "window_features",
+]
 
 METHODS = ("kcenter", "kmedoids", "uncertain", "hybrid", "random")
 
@@ -101,7 +112,7 @@ class _Frames:
     def push(self, block: np.ndarray) -> np.ndarray:
         y = np.concatenate([self._rest, np.asarray(block, np.float32).reshape(-1)])
         m = len(y) // self.n
-        self._rest = y[m * self.n:]
+        self._rest = y[m * self.n :]
         return y[: m * self.n]
 
 
@@ -126,8 +137,9 @@ class Segmenter:
     ``clip_windows(y, segment(y))`` of the whole recording (tested).
     """
 
-    def __init__(self, floor_db: float, sample_rate: int, clip_samples: int | None, cfg: VADConfig | None = None
-                 ) -> None:
+    def __init__(
+        self, floor_db: float, sample_rate: int, clip_samples: int | None, cfg: VADConfig | None = None
+    ) -> None:
         """``clip_samples=None``: find segments only (no clips, no audio kept)."""
         self.cfg = cfg or VADConfig()
         self.windows = clip_samples is not None
@@ -154,7 +166,7 @@ class Segmenter:
     def _audio(self, a: int, b: int) -> np.ndarray:
         """Samples ``[a, b)`` of the stream (``a`` and ``b`` clipped to what was seen)."""
         a, b = max(a, self._buf_start), min(b, self.samples)
-        return self._buf[a - self._buf_start: max(a, b) - self._buf_start]
+        return self._buf[a - self._buf_start : max(a, b) - self._buf_start]
 
     def _trim(self) -> None:
         if not self.windows:
@@ -169,7 +181,7 @@ class Segmenter:
             keep = min(keep, self._pending[0])
         keep = max(keep - self.n, 0)
         if keep > self._buf_start:
-            self._buf = self._buf[keep - self._buf_start:].copy()
+            self._buf = self._buf[keep - self._buf_start :].copy()
             self._buf_start = keep
 
     # segments -----------------------------------------------------------------------------------------------
@@ -353,9 +365,9 @@ def _dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     bb = (b * b).sum(1)[None]
     rows = max(1, (1 << 22) // max(1, len(b)))
     for i in range(0, len(a), rows):
-        x = a[i: i + rows]
+        x = a[i : i + rows]
         d2 = (x * x).sum(1)[:, None] + bb - 2.0 * (x @ b.T)
-        np.sqrt(np.maximum(d2, 0.0, out=d2), out=out[i: i + rows])
+        np.sqrt(np.maximum(d2, 0.0, out=d2), out=out[i : i + rows])
     return out
 
 
@@ -389,7 +401,7 @@ def _kmedoids(e: np.ndarray, k: int, iters: int = 30) -> list[int]:
             else:  # a block of rows at a time: a large cluster's full distance matrix would not fit
                 m = e[members]
                 rows = max(1, (1 << 22) // len(m))
-                total = np.concatenate([_dists(m[i: i + rows], m).sum(axis=1) for i in range(0, len(m), rows)])
+                total = np.concatenate([_dists(m[i : i + rows], m).sum(axis=1) for i in range(0, len(m), rows)])
             new[j] = members[int(np.argmin(total))]
         if np.array_equal(np.sort(new), np.sort(med)):
             break
@@ -397,8 +409,9 @@ def _kmedoids(e: np.ndarray, k: int, iters: int = 30) -> list[int]:
     return [int(i) for i in med]
 
 
-def choose(embeddings: np.ndarray, k: int, method: str = "kcenter", *, logits: np.ndarray | None = None,
-           seed: int = 0) -> np.ndarray:
+def choose(
+    embeddings: np.ndarray, k: int, method: str = "kcenter", *, logits: np.ndarray | None = None, seed: int = 0
+) -> np.ndarray:
     """Indices of ``k`` prototypes among ``embeddings (N, D)`` (fewer when N < k), no repeats."""
     if method not in METHODS:
         raise ValueError(f"unknown prototype method {method!r}; choose one of {', '.join(METHODS)}")
@@ -438,9 +451,20 @@ def _passes(audio: Any, sample_rate: int) -> Callable[[], Iterable[np.ndarray]]:
     return lambda: [y]
 
 
-def collect(model, audio: Any, store: LabelStore, clips_dir: str | Path, *, source: str = "",
-            k: int = 10, method: str = "kcenter", vad: VADConfig | None = None, seed: int = 0,
-            on_event: Callable[[dict], None] | None = None, batch: int = 32) -> dict:
+def collect(
+    model,
+    audio: Any,
+    store: LabelStore,
+    clips_dir: str | Path,
+    *,
+    source: str = "",
+    k: int = 10,
+    method: str = "kcenter",
+    vad: VADConfig | None = None,
+    seed: int = 0,
+    on_event: Callable[[dict], None] | None = None,
+    batch: int = 32,
+) -> dict:
     """Segment ``audio``, save each window as a WAV, embed it, store it, and request labels for ``k`` prototypes.
 
     ``audio``: a waveform ``(n,)`` at the model's rate, the path of a sound file, or a callable returning an
@@ -467,17 +491,28 @@ def collect(model, audio: Any, store: LabelStore, clips_dir: str | Path, *, sour
     def flush() -> None:
         if not todo:
             return
-        x = (model.clip_inputs(np.stack([c for _, _, c in todo])) if hasattr(model, "clip_inputs")
-             else mfcc(np.stack([c for _, _, c in todo]), fc)[:, None])
+        x = (
+            model.clip_inputs(np.stack([c for _, _, c in todo]))
+            if hasattr(model, "clip_inputs")
+            else mfcc(np.stack([c for _, _, c in todo]), fc)[:, None]
+        )
         emb, lg = model.embed(x), model.logits(x)
         mg = margins(lg / temperature)
         rows = []
         for i, (a, b, clip) in enumerate(todo):
             path = clips_dir / f"{stem}-{base + len(new_ids) + i:05d}-{a / fc.sample_rate:08.2f}s.wav"
             save_wav(path, clip, fc.sample_rate)
-            rows.append({"path": str(path), "source": source, "start_s": a / fc.sample_rate,
-                         "end_s": b / fc.sample_rate, "embedding": emb[i], "margin": float(mg[i]),
-                         "predicted": names[int(np.argmax(lg[i]))]})
+            rows.append(
+                {
+                    "path": str(path),
+                    "source": source,
+                    "start_s": a / fc.sample_rate,
+                    "end_s": b / fc.sample_rate,
+                    "embedding": emb[i],
+                    "margin": float(mg[i]),
+                    "predicted": names[int(np.argmax(lg[i]))],
+                }
+            )
         new_ids.extend(store.add_clips(rows))
         todo.clear()
         if on_event:
@@ -506,5 +541,9 @@ def collect(model, audio: Any, store: LabelStore, clips_dir: str | Path, *, sour
         idx = choose(E, k, method, logits=lg, seed=seed)
         chosen = [pool[i].id for i in idx]
         store.request(chosen)
-    return {"segments": len(cutter.segments), "clips": len(new_ids), "requested": chosen,
-            "seconds": cutter.samples / fc.sample_rate}
+    return {
+        "segments": len(cutter.segments),
+        "clips": len(new_ids),
+        "requested": chosen,
+        "seconds": cutter.samples / fc.sample_rate,
+    }

@@ -56,9 +56,18 @@ class Spotter:
     for a bundle that ships none).
     """
 
-    def __init__(self, bundle: Bundle, model: DeviceModel, config: DetectorConfig, *, opened: dict[str, Any],
-                 link: Path | None = None, check_every_s: float | None = 2.0,
-                 on_event: Callable[[SpotterEvent], None] | None = None, threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        model: DeviceModel,
+        config: DetectorConfig,
+        *,
+        opened: dict[str, Any],
+        link: Path | None = None,
+        check_every_s: float | None = 2.0,
+        on_event: Callable[[SpotterEvent], None] | None = None,
+        threshold: float | None = None,
+    ) -> None:
         self.bundle = bundle
         self.model = model
         self._base_config, self._threshold = config, threshold
@@ -120,15 +129,31 @@ class Spotter:
             cfg = DetectorConfig(**{**_fields(cfg), "thresholds": dict(thresholds)})
         if threshold is not None:  # refused before the bundle is opened
             DetectorConfig(**{**_fields(cfg), "threshold": threshold})
-        opened = {"public_key": public_key, "trust_embedded_key": trust_embedded_key, "state": state, "local": local,
-                  "fmt": fmt, "precision": precision, "threads": threads, "calibrate": calibrate}
+        opened = {
+            "public_key": public_key,
+            "trust_embedded_key": trust_embedded_key,
+            "state": state,
+            "local": local,
+            "fmt": fmt,
+            "precision": precision,
+            "threads": threads,
+            "calibrate": calibrate,
+        }
         path = Path(bundle)
         b, model = _load(path, opened)
         unknown = sorted(set(cfg.thresholds) - set(model.classes))
         if unknown:
             raise ValueError(f"thresholds name unknown keywords {unknown}; the model knows {list(model.classes)}")
-        return cls(b, model, cfg, opened=opened, link=path if path.is_symlink() else None,
-                   check_every_s=check_every_s, on_event=on_event, threshold=threshold)
+        return cls(
+            b,
+            model,
+            cfg,
+            opened=opened,
+            link=path if path.is_symlink() else None,
+            check_every_s=check_every_s,
+            on_event=on_event,
+            threshold=threshold,
+        )
 
     # what an app reads ------------------------------------------------------------------------------------------
 
@@ -176,8 +201,9 @@ class Spotter:
                 self.refresh()
         return out
 
-    def run(self, blocks: Iterable[np.ndarray], on_update: Callable[[Update], None] | None = None
-            ) -> Iterator[Detection]:
+    def run(
+        self, blocks: Iterable[np.ndarray], on_update: Callable[[Update], None] | None = None
+    ) -> Iterator[Detection]:
         """Feed ``blocks`` in turn; yield detections as they happen (``on_update`` sees every hop)."""
         for block in blocks:
             for upd in self.hops(block):
@@ -212,9 +238,14 @@ class Spotter:
             self._emit({"event": "bundle_refused", "bundle": now, "reason": str(exc)})
             return False
         if b.feature_config.sample_rate != self.sample_rate:
-            self._emit({"event": "bundle_refused", "bundle": now,
-                        "reason": f"it wants {b.feature_config.sample_rate} Hz audio, the stream is "
-                                  f"{self.sample_rate} Hz; open it again to use it"})
+            self._emit(
+                {
+                    "event": "bundle_refused",
+                    "bundle": now,
+                    "reason": f"it wants {b.feature_config.sample_rate} Hz audio, the stream is "
+                    f"{self.sample_rate} Hz; open it again to use it",
+                }
+            )
             return False
         self.close_model()
         self.bundle, self.model = b, model
@@ -243,8 +274,10 @@ class Spotter:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"Spotter({self.bundle.path}, id {self.bundle.id}, {self.graph}, {len(self.classes)} classes, "
-                f"local version {self.version or 'none'})")
+        return (
+            f"Spotter({self.bundle.path}, id {self.bundle.id}, {self.graph}, {len(self.classes)} classes, "
+            f"local version {self.version or 'none'})"
+        )
 
 
 def _fields(cfg: DetectorConfig) -> dict[str, Any]:
@@ -275,6 +308,7 @@ def _load(path: Path, o: dict[str, Any]) -> tuple[Bundle, DeviceModel]:
     b = open_bundle(path, o["public_key"], trust_embedded_key=o["trust_embedded_key"])
     state = state_dir_for(b, o["state"]) if o["local"] else None
     threads = o["threads"] if o["threads"] is not None else b.recommended["threads"]
-    model = DeviceModel(b, fmt=o["fmt"], precision=o["precision"], threads=threads, state=state,
-                        calibrate=o["calibrate"])
+    model = DeviceModel(
+        b, fmt=o["fmt"], precision=o["precision"], threads=threads, state=state, calibrate=o["calibrate"]
+    )
     return b, model

@@ -117,9 +117,17 @@ class LabelStore:
                 cur = db.execute(
                     "INSERT INTO clips(path, source, start_s, end_s, created_at, embedding, dim, margin, predicted) "
                     "VALUES (?,?,?,?,?,?,?,?,?)",
-                    (str(r["path"]), str(r.get("source", "")), float(r.get("start_s", 0.0)),
-                     float(r.get("end_s", 0.0)), now, blob, dim,
-                     None if r.get("margin") is None else float(r["margin"]), r.get("predicted")),
+                    (
+                        str(r["path"]),
+                        str(r.get("source", "")),
+                        float(r.get("start_s", 0.0)),
+                        float(r.get("end_s", 0.0)),
+                        now,
+                        blob,
+                        dim,
+                        None if r.get("margin") is None else float(r["margin"]),
+                        r.get("predicted"),
+                    ),
                 )
                 assert cur.lastrowid is not None
                 ids.append(int(cur.lastrowid))
@@ -136,11 +144,24 @@ class LabelStore:
 
     def _row(self, r: tuple) -> Clip:
         emb = np.frombuffer(r[5], dtype=np.float32).copy() if r[5] is not None else None
-        return Clip(id=r[0], path=r[1], source=r[2], start_s=r[3], end_s=r[4], embedding=emb, margin=r[6],
-                    predicted=r[7], requested=bool(r[8]), label=r[9], labeled=r[10] is not None)
+        return Clip(
+            id=r[0],
+            path=r[1],
+            source=r[2],
+            start_s=r[3],
+            end_s=r[4],
+            embedding=emb,
+            margin=r[6],
+            predicted=r[7],
+            requested=bool(r[8]),
+            label=r[9],
+            labeled=r[10] is not None,
+        )
 
-    _SELECT = ("SELECT c.id, c.path, c.source, c.start_s, c.end_s, c.embedding, c.margin, c.predicted, c.requested, "
-               "l.label, l.labeled_at FROM clips c LEFT JOIN labels l ON l.clip_id = c.id")
+    _SELECT = (
+        "SELECT c.id, c.path, c.source, c.start_s, c.end_s, c.embedding, c.margin, c.predicted, c.requested, "
+        "l.label, l.labeled_at FROM clips c LEFT JOIN labels l ON l.clip_id = c.id"
+    )
 
     def clips(self, *, requested: bool | None = None, labeled: bool | None = None) -> list[Clip]:
         where = []
@@ -171,9 +192,11 @@ class LabelStore:
         with self._tx() as db:
             if db.execute("SELECT 1 FROM clips WHERE id = ?", (int(clip_id),)).fetchone() is None:
                 raise KeyError(f"no clip {clip_id}")
-            db.execute("INSERT INTO labels(clip_id, label, labeled_at) VALUES (?,?,?) "
-                       "ON CONFLICT(clip_id) DO UPDATE SET label = excluded.label, labeled_at = excluded.labeled_at",
-                       (int(clip_id), label, time.time()))
+            db.execute(
+                "INSERT INTO labels(clip_id, label, labeled_at) VALUES (?,?,?) "
+                "ON CONFLICT(clip_id) DO UPDATE SET label = excluded.label, labeled_at = excluded.labeled_at",
+                (int(clip_id), label, time.time()),
+            )
 
     def add_class(self, name: str) -> None:
         name = name.strip()

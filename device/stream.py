@@ -39,7 +39,9 @@ __all__ = [
     "record",
 ]
 
-_FIX = "install PortAudio (apt-get install libportaudio2), choose a device with --device, or read a file with --wav FILE"
+_FIX = (
+    "install PortAudio (apt-get install libportaudio2), choose a device with --device, or read a file with --wav FILE"
+)
 
 
 class AudioSourceError(RuntimeError):
@@ -80,12 +82,25 @@ class AudioSource:
 class ArraySource(AudioSource):
     """An in-memory waveform as a stream (for tests and for audio already decoded)."""
 
-    def __init__(self, y: np.ndarray, sample_rate: int = 16000, *, block_ms: float = 20.0,
-                 realtime: bool = False, name: str = "array") -> None:
+    def __init__(
+        self,
+        y: np.ndarray,
+        sample_rate: int = 16000,
+        *,
+        block_ms: float = 20.0,
+        realtime: bool = False,
+        name: str = "array",
+    ) -> None:
         y = np.asarray(y, dtype=np.float32)
         if y.ndim != 1:
             raise ValueError(f"expected mono (n,) audio, got shape {y.shape}")
-        self.y, self.sample_rate, self.block_ms, self.realtime, self.name = y, int(sample_rate), block_ms, realtime, name
+        self.y, self.sample_rate, self.block_ms, self.realtime, self.name = (
+            y,
+            int(sample_rate),
+            block_ms,
+            realtime,
+            name,
+        )
 
     def blocks(self) -> Iterator[np.ndarray]:
         n = self.block_samples
@@ -108,8 +123,9 @@ class WavSource(AudioSource):
     before the frames its header announced, raises :class:`AudioSourceError` where it happens. At the file's own
     rate the samples equal :func:`edgekws.audio.load_audio`'s."""
 
-    def __init__(self, path: str | os.PathLike, sample_rate: int = 16000, *, block_ms: float = 20.0,
-                 realtime: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike, sample_rate: int = 16000, *, block_ms: float = 20.0, realtime: bool = False
+    ) -> None:
         self.path = Path(path)
         self.sample_rate, self.block_ms, self.realtime = int(sample_rate), block_ms, realtime
         self.name = str(self.path.name)
@@ -149,8 +165,11 @@ class WavSource(AudioSource):
             raise AudioSourceError(f"{name}: not a readable audio file ({exc}); expected WAV, FLAC or OGG") from None
         lo, hi = SUPPORTED_RATE_RANGE
         if not lo <= snd.samplerate <= hi or snd.channels < 1 or snd.frames == 0:
-            why = (f"unsupported sample rate {snd.samplerate} Hz (supported: {lo}-{hi} Hz)"
-                   if not lo <= snd.samplerate <= hi else "contains no audio (the header announces 0 frames)")
+            why = (
+                f"unsupported sample rate {snd.samplerate} Hz (supported: {lo}-{hi} Hz)"
+                if not lo <= snd.samplerate <= hi
+                else "contains no audio (the header announces 0 frames)"
+            )
             snd.close()
             fh.close()
             raise AudioSourceError(f"{name}: {why}")
@@ -158,8 +177,11 @@ class WavSource(AudioSource):
 
     def blocks(self) -> Iterator[np.ndarray]:
         n_in = max(1, round(self.file_rate * self.block_ms / 1000.0))
-        rs = soxr.ResampleStream(self.file_rate, self.sample_rate, 1, dtype="float32", quality="HQ") \
-            if self.file_rate != self.sample_rate else None
+        rs = (
+            soxr.ResampleStream(self.file_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
+            if self.file_rate != self.sample_rate
+            else None
+        )
         t0 = time.monotonic()
         out = got = 0
         with self._open() as snd:
@@ -173,8 +195,10 @@ class WavSource(AudioSource):
                 got += len(data)
                 x = data[:, 0] if self.channels == 1 else data.mean(axis=1, dtype=np.float32)
                 if not np.all(np.isfinite(x)):
-                    raise AudioSourceError(f"{self.path}: contains NaN or infinite samples (near "
-                                           f"{got / self.file_rate:.2f} s); the file is damaged")
+                    raise AudioSourceError(
+                        f"{self.path}: contains NaN or infinite samples (near "
+                        f"{got / self.file_rate:.2f} s); the file is damaged"
+                    )
                 if rs is not None:
                     x = rs.resample_chunk(np.ascontiguousarray(x))
                 if self.realtime:
@@ -189,8 +213,10 @@ class WavSource(AudioSource):
             if tail.size:
                 yield tail
         if got < self.frames:
-            raise AudioSourceError(f"{self.path}: truncated: the header announces {self.frames} frames but only "
-                                   f"{got} could be decoded; the file was cut short or is damaged")
+            raise AudioSourceError(
+                f"{self.path}: truncated: the header announces {self.frames} frames but only "
+                f"{got} could be decoded; the file was cut short or is damaged"
+            )
 
 
 class _Closing:
@@ -213,8 +239,16 @@ _PCM_DTYPES = {"s16le": ("<i2", 32768.0), "s32le": ("<i4", 2147483648.0), "f32le
 class RawPCMSource(AudioSource):
     """Raw interleaved PCM from a byte stream (default: stdin), e.g. ``arecord -f S16_LE -r 16000 -c 1 -t raw``."""
 
-    def __init__(self, stream: BinaryIO | None = None, *, input_rate: int = 16000, channels: int = 1,
-                 fmt: str = "s16le", sample_rate: int = 16000, block_ms: float = 20.0) -> None:
+    def __init__(
+        self,
+        stream: BinaryIO | None = None,
+        *,
+        input_rate: int = 16000,
+        channels: int = 1,
+        fmt: str = "s16le",
+        sample_rate: int = 16000,
+        block_ms: float = 20.0,
+    ) -> None:
         if fmt not in _PCM_DTYPES:
             raise ValueError(f"unknown PCM format {fmt!r}; choose one of {sorted(_PCM_DTYPES)}")
         if channels < 1 or input_rate <= 0:
@@ -227,8 +261,11 @@ class RawPCMSource(AudioSource):
         dtype, scale = _PCM_DTYPES[self.fmt]
         frame_bytes = np.dtype(dtype).itemsize * self.channels
         n_in = max(1, round(self.input_rate * self.block_ms / 1000.0))
-        rs = soxr.ResampleStream(self.input_rate, self.sample_rate, 1, dtype="float32") \
-            if self.input_rate != self.sample_rate else None
+        rs = (
+            soxr.ResampleStream(self.input_rate, self.sample_rate, 1, dtype="float32")
+            if self.input_rate != self.sample_rate
+            else None
+        )
         carry = b""
         while True:
             chunk = self.stream.read(n_in * frame_bytes - len(carry))
@@ -264,16 +301,31 @@ def _sounddevice():
 def list_input_devices() -> list[dict]:
     """Input devices PortAudio sees: ``[{"index", "name", "channels", "default_samplerate"}]``."""
     sd = _sounddevice()
-    return [{"index": i, "name": d["name"], "channels": d["max_input_channels"],
-             "default_samplerate": d["default_samplerate"]}
-            for i, d in enumerate(sd.query_devices()) if d.get("max_input_channels", 0) > 0]
+    return [
+        {
+            "index": i,
+            "name": d["name"],
+            "channels": d["max_input_channels"],
+            "default_samplerate": d["default_samplerate"],
+        }
+        for i, d in enumerate(sd.query_devices())
+        if d.get("max_input_channels", 0) > 0
+    ]
 
 
 class MicrophoneSource(AudioSource):
     """A sounddevice input stream at the device's rate (or ``input_rate``), resampled to ``sample_rate``."""
 
-    def __init__(self, device: int | str | None = None, *, input_rate: int | None = None, channels: int = 1,
-                 sample_rate: int = 16000, block_ms: float = 20.0, max_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        device: int | str | None = None,
+        *,
+        input_rate: int | None = None,
+        channels: int = 1,
+        sample_rate: int = 16000,
+        block_ms: float = 20.0,
+        max_seconds: float | None = None,
+    ) -> None:
         sd = _sounddevice()
         try:
             info = sd.query_devices(device, "input")
@@ -304,14 +356,25 @@ class MicrophoneSource(AudioSource):
                 self.dropped_frames += int(frames)
 
         try:
-            self._stream = sd.InputStream(device=device, channels=self.channels, samplerate=self.input_rate,
-                                          blocksize=blocksize, dtype="float32", callback=callback)
+            self._stream = sd.InputStream(
+                device=device,
+                channels=self.channels,
+                samplerate=self.input_rate,
+                blocksize=blocksize,
+                dtype="float32",
+                callback=callback,
+            )
             self._stream.start()
         except Exception as exc:
-            raise AudioSourceError(f"cannot start recording from {self.name} at {self.input_rate} Hz ({exc}); "
-                                   f"try another --rate or --device, or {_FIX}") from exc
-        self._rs = soxr.ResampleStream(self.input_rate, self.sample_rate, 1, dtype="float32") \
-            if self.input_rate != self.sample_rate else None
+            raise AudioSourceError(
+                f"cannot start recording from {self.name} at {self.input_rate} Hz ({exc}); "
+                f"try another --rate or --device, or {_FIX}"
+            ) from exc
+        self._rs = (
+            soxr.ResampleStream(self.input_rate, self.sample_rate, 1, dtype="float32")
+            if self.input_rate != self.sample_rate
+            else None
+        )
 
     def blocks(self) -> Iterator[np.ndarray]:
         got = 0
@@ -350,17 +413,28 @@ def record(source: AudioSource, path: str | os.PathLike) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "w+b") as fh, sf.SoundFile(fh, "w", samplerate=int(source.sample_rate), channels=1,
-                                                     format="WAV", subtype="PCM_16") as out:
+    with (
+        atomic_open(path, "w+b") as fh,
+        sf.SoundFile(fh, "w", samplerate=int(source.sample_rate), channels=1, format="WAV", subtype="PCM_16") as out,
+    ):
         for block in source:
             pcm = np.clip(np.rint(np.asarray(block, np.float64) * 32768.0), -32768, 32767).astype(np.int16)
             out.write(pcm)
     return path
 
 
-def open_source(*, wav: str | os.PathLike | None = None, stdin: bool = False, device: int | str | None = None,
-                input_rate: int | None = None, realtime: bool = False, sample_rate: int = 16000,
-                block_ms: float = 20.0, pcm_format: str = "s16le", max_seconds: float | None = None) -> AudioSource:
+def open_source(
+    *,
+    wav: str | os.PathLike | None = None,
+    stdin: bool = False,
+    device: int | str | None = None,
+    input_rate: int | None = None,
+    realtime: bool = False,
+    sample_rate: int = 16000,
+    block_ms: float = 20.0,
+    pcm_format: str = "s16le",
+    max_seconds: float | None = None,
+) -> AudioSource:
     """The source the options describe: ``wav`` > ``stdin`` > microphone."""
     if wav is not None and stdin:
         raise ValueError("choose one of --wav and --stdin")
@@ -369,7 +443,9 @@ def open_source(*, wav: str | os.PathLike | None = None, stdin: bool = False, de
     if wav is not None:  # as fast as possible, larger blocks cost less per sample and detect the same
         return WavSource(wav, sample_rate, block_ms=block_ms if realtime else max(block_ms, 100.0), realtime=realtime)
     if stdin:
-        return RawPCMSource(input_rate=input_rate or sample_rate, fmt=pcm_format, sample_rate=sample_rate,
-                            block_ms=block_ms)
-    return MicrophoneSource(device, input_rate=input_rate, sample_rate=sample_rate, block_ms=block_ms,
-                            max_seconds=max_seconds)
+        return RawPCMSource(
+            input_rate=input_rate or sample_rate, fmt=pcm_format, sample_rate=sample_rate, block_ms=block_ms
+        )
+    return MicrophoneSource(
+        device, input_rate=input_rate, sample_rate=sample_rate, block_ms=block_ms, max_seconds=max_seconds
+    )

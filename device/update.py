@@ -257,9 +257,11 @@ def _locked(root: Path):
 
 def _cleanup(root: Path, state_root: Path) -> None:
     """Remove what a killed update left half-made (only names this module creates)."""
-    for d, pattern in ((root, re.compile(r"^\.(current|previous)\.[0-9a-f]{8}\.tmp$")),
-                       (root / "versions", re.compile(r"^\.[0-9a-f]{16}\..*\.tmp$")),
-                       (state_root, re.compile(r"^\.[0-9a-f]{16}\.carry-[0-9a-f]{8}\.tmp$"))):
+    for d, pattern in (
+        (root, re.compile(r"^\.(current|previous)\.[0-9a-f]{8}\.tmp$")),
+        (root / "versions", re.compile(r"^\.[0-9a-f]{16}\..*\.tmp$")),
+        (state_root, re.compile(r"^\.[0-9a-f]{16}\.carry-[0-9a-f]{8}\.tmp$")),
+    ):
         if not d.is_dir():
             continue
         for p in d.iterdir():
@@ -357,8 +359,10 @@ def _check_pointer(release: dict, cfg: UpdateConfig, root: Path, key: Any) -> di
     seen = _seen_pointers(root).get(name)
     if not release.get("pointer"):
         if seen:
-            raise UpdateError(f"the registry's answer for {name} is not signed, but this device has seen signed "
-                              f"channel pointers for it (version {seen.get('version')}): refusing unsigned metadata")
+            raise UpdateError(
+                f"the registry's answer for {name} is not signed, but this device has seen signed "
+                f"channel pointers for it (version {seen.get('version')}): refusing unsigned metadata"
+            )
         if cfg.require_signed_channel:
             raise UpdateError(f"the registry's answer for {name} has no signed channel pointer (required here)")
         return None
@@ -367,18 +371,28 @@ def _check_pointer(release: dict, cfg: UpdateConfig, root: Path, key: Any) -> di
     except PointerError as exc:
         raise UpdateError(f"the registry's channel pointer for {name} is refused: {exc}") from None
     if (doc["target"], doc["channel"], doc["bundle"]) != (cfg.target, cfg.channel, release.get("id")):
-        raise UpdateError(f"the signed pointer names {doc['target']}/{doc['channel']} -> {doc['bundle']}, but the "
-                          f"registry answered {name} -> {release.get('id')}: refusing it")
+        raise UpdateError(
+            f"the signed pointer names {doc['target']}/{doc['channel']} -> {doc['bundle']}, but the "
+            f"registry answered {name} -> {release.get('id')}: refusing it"
+        )
     if seen and doc["version"] < int(seen.get("version", 0)):
-        raise UpdateError(f"the registry serves pointer version {doc['version']} for {name}, older than version "
-                          f"{seen['version']} seen before: its metadata was rolled back or is being replayed")
+        raise UpdateError(
+            f"the registry serves pointer version {doc['version']} for {name}, older than version "
+            f"{seen['version']} seen before: its metadata was rolled back or is being replayed"
+        )
     if parse_time(doc["expires_at"]) <= datetime.now(timezone.utc):
-        raise UpdateError(f"the signed pointer for {name} (version {doc['version']}) expired at {doc['expires_at']}: "
-                          "the registry keeps serving stale metadata (frozen, or the pointer was not re-issued)")
+        raise UpdateError(
+            f"the signed pointer for {name} (version {doc['version']}) expired at {doc['expires_at']}: "
+            "the registry keeps serving stale metadata (frozen, or the pointer was not re-issued)"
+        )
     if not seen or doc["version"] > int(seen.get("version", 0)):
         items = _seen_pointers(root)
-        items[name] = {"version": doc["version"], "bundle": doc["bundle"], "expires_at": doc["expires_at"],
-                       "issued_at": doc["issued_at"]}
+        items[name] = {
+            "version": doc["version"],
+            "bundle": doc["bundle"],
+            "expires_at": doc["expires_at"],
+            "issued_at": doc["issued_at"],
+        }
         atomic_write_json(root / "channels.json", items)
     return doc
 
@@ -390,8 +404,7 @@ def _identity(bundle_dir: Path) -> str:
 def embedding_fingerprint(manifest: dict) -> dict[str, str]:
     """``{"onnx_fp32": sha256, ...}`` of a bundle's embedding graphs."""
     files = manifest.get("files", {})
-    return {k: files[v]["sha256"] for k, v in (manifest.get("graphs") or {}).get("embedding", {}).items()
-            if v in files}
+    return {k: files[v]["sha256"] for k, v in (manifest.get("graphs") or {}).get("embedding", {}).items() if v in files}
 
 
 def same_embedding(a: dict, b: dict) -> bool:
@@ -467,8 +480,10 @@ def _download(url: str, dl: Path, release: dict, cfg: UpdateConfig, emit: Progre
         with resp:
             served = resp.headers.get("X-Content-SHA256")
             if served and served != digest:
-                raise UpdateError(f"the server's archive of {bid} has sha256 {served[:16]}…, its release said "
-                                  f"{digest[:16]}…; refusing it")
+                raise UpdateError(
+                    f"the server's archive of {bid} has sha256 {served[:16]}…, its release said "
+                    f"{digest[:16]}…; refusing it"
+                )
             if resp.status == 206:
                 cr = resp.headers.get("Content-Range", "")
                 if not cr.startswith(f"bytes {have}-"):
@@ -492,8 +507,9 @@ def _download(url: str, dl: Path, release: dict, cfg: UpdateConfig, emit: Progre
                     fh.flush()
                     have += len(block)
                     fetched += len(block)
-                    emit({"event": "download", "bundle": bid, "done": have, "total": size,
-                          "resumed_from": resumed_from})
+                    emit(
+                        {"event": "download", "bundle": bid, "done": have, "total": size, "resumed_from": resumed_from}
+                    )
                 os.fsync(fh.fileno())
         if have != size:
             raise UpdateError(f"download of {bid} stopped at {have} of {size} bytes; run the update again to resume")
@@ -501,8 +517,10 @@ def _download(url: str, dl: Path, release: dict, cfg: UpdateConfig, emit: Progre
     if got != digest:
         part.unlink(missing_ok=True)
         meta.unlink(missing_ok=True)
-        raise UpdateError(f"downloaded archive of {bid} has sha256 {got[:16]}…, expected {digest[:16]}…: "
-                          "damaged in transit or on the server; discarded")
+        raise UpdateError(
+            f"downloaded archive of {bid} has sha256 {got[:16]}…, expected {digest[:16]}…: "
+            "damaged in transit or on the server; discarded"
+        )
     os.replace(part, done)
     return done, fetched, resumed_from
 
@@ -512,8 +530,9 @@ def _checkin(cfg: UpdateConfig, root: Path, bundle: str | None, status: str, det
         return "skipped"
     dev = cfg.device_id or device_id(root)
     url = f"{cfg.server.rstrip('/')}/v1/devices/{urllib.parse.quote(dev, safe='')}/checkin"
-    body = json.dumps({"target": cfg.target, "channel": cfg.channel, "bundle": bundle, "status": status,
-                       "detail": detail[:1000]}).encode()
+    body = json.dumps(
+        {"target": cfg.target, "channel": cfg.channel, "bundle": bundle, "status": status, "detail": detail[:1000]}
+    ).encode()
     headers = {"Content-Type": "application/json"}
     token = cfg.device_token
     if token is None and (root / "device_token").is_file():
@@ -555,8 +574,17 @@ def _smoke_child(bundle: str, key_b64: str, state_root: str | None, fmt: str | N
     out: dict[str, Any] = {}
     runs = [("bundle", None)] + ([("local", state_root)] if state_root else [])
     for name, root in runs:
-        spotter = Spotter.open(bundle, public_key=key, state=root, local=root is not None, fmt=fmt,
-                               precision=precision, threads=1, calibrate=False, check_every_s=None)
+        spotter = Spotter.open(
+            bundle,
+            public_key=key,
+            state=root,
+            local=root is not None,
+            fmt=fmt,
+            precision=precision,
+            threads=1,
+            calibrate=False,
+            check_every_s=None,
+        )
         with spotter:
             if name == "local" and spotter.version is None:
                 continue
@@ -568,18 +596,31 @@ def _smoke_child(bundle: str, key_b64: str, state_root: str | None, fmt: str | N
                 raise RuntimeError(f"{name} model: {n / fc.sample_rate:.2f} s of audio gave no inference")
             logits = np.stack([h.logits for h in hops])
             if logits.shape[1] != len(spotter.classes) or not np.all(np.isfinite(logits)):
-                raise RuntimeError(f"{name} model gave logits of shape {logits.shape} (finite: "
-                                   f"{bool(np.all(np.isfinite(logits)))}) for {len(spotter.classes)} classes")
+                raise RuntimeError(
+                    f"{name} model gave logits of shape {logits.shape} (finite: "
+                    f"{bool(np.all(np.isfinite(logits)))}) for {len(spotter.classes)} classes"
+                )
             out.setdefault("classes", len(spotter.bundle.classes))
             out["graph"] = spotter.graph
-            out[name] = {"version": spotter.version, "classes": len(spotter.classes),
-                         "top": int(np.argmax(logits[-1])), "graph": spotter.graph}
+            out[name] = {
+                "version": spotter.version,
+                "classes": len(spotter.classes),
+                "top": int(np.argmax(logits[-1])),
+                "graph": spotter.graph,
+            }
     out["seconds"] = round(time.perf_counter() - t0, 4)
     return out
 
 
-def smoke_test(bundle_dir: str | os.PathLike, public_key: Any = None, *, state_dir: str | os.PathLike | None = None,
-               fmt: str | None = None, precision: str | None = None, timeout: float = 120.0) -> dict:
+def smoke_test(
+    bundle_dir: str | os.PathLike,
+    public_key: Any = None,
+    *,
+    state_dir: str | os.PathLike | None = None,
+    fmt: str | None = None,
+    precision: str | None = None,
+    timeout: float = 120.0,
+) -> dict:
     """Run a bundle in a separate process as the detector will (:class:`~edgekws.device.Spotter`, the bundle's
     recommended graph unless ``fmt``/``precision`` say otherwise), and once more with the local head in
     ``state_dir`` (``<state root>/<bundle id>``) when there is one. A crash, hang (``timeout``) or bad output
@@ -590,8 +631,17 @@ def smoke_test(bundle_dir: str | os.PathLike, public_key: Any = None, *, state_d
         if sd.name != _identity(Path(bundle_dir)):
             raise UpdateError(f"smoke test: {sd} is not the state folder of bundle {_identity(Path(bundle_dir))}")
         root = str(sd.parent)
-    cmd = [sys.executable, "-m", "edgekws.device.update", "smoke", str(bundle_dir), _raw_key_b64(public_key),
-           root, fmt or "", precision or ""]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgekws.device.update",
+        "smoke",
+        str(bundle_dir),
+        _raw_key_b64(public_key),
+        root,
+        fmt or "",
+        precision or "",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -687,7 +737,7 @@ def _prune(root: Path, keep: int) -> None:
     protect = {p for p in (_read_pointer(root, "current"), _read_pointer(root, "previous")) if p}
     others = [d for d in versions.iterdir() if d.is_dir() and ID_RE.match(d.name) and d.name not in protect]
     others.sort(key=lambda d: d.stat().st_mtime, reverse=True)
-    for d in others[max(0, keep - len(protect)):]:
+    for d in others[max(0, keep - len(protect)) :]:
         doomed = versions / f".{d.name}.prune.tmp"  # renamed first: a kill never leaves a half-deleted version
         os.replace(d, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
@@ -709,15 +759,23 @@ def update(cfg: UpdateConfig, progress: Progress | None = None) -> UpdateResult:
     with _locked(root):
         _cleanup(root, state_root)
         base = cfg.server.rstrip("/")
-        release = _get_json(f"{base}/v1/targets/{urllib.parse.quote(cfg.target)}/channels/"
-                            f"{urllib.parse.quote(cfg.channel)}", cfg.http_timeout)
+        release = _get_json(
+            f"{base}/v1/targets/{urllib.parse.quote(cfg.target)}/channels/{urllib.parse.quote(cfg.channel)}",
+            cfg.http_timeout,
+        )
         bid = str(release.get("id", ""))
-        if not ID_RE.match(bid) or not isinstance(release.get("size"), int) \
-                or not re.match(r"^[0-9a-f]{64}$", str(release.get("sha256", ""))):
-            raise UpdateError(f"the registry's answer for {cfg.target}/{cfg.channel} is not a release: {release!r}"[:300])
+        if (
+            not ID_RE.match(bid)
+            or not isinstance(release.get("size"), int)
+            or not re.match(r"^[0-9a-f]{64}$", str(release.get("sha256", "")))
+        ):
+            raise UpdateError(
+                f"the registry's answer for {cfg.target}/{cfg.channel} is not a release: {release!r}"[:300]
+            )
         if release["size"] > cfg.max_bundle_bytes:
-            raise UpdateError(f"bundle {bid} is {release['size']} bytes, more than this device accepts "
-                              f"({cfg.max_bundle_bytes})")
+            raise UpdateError(
+                f"bundle {bid} is {release['size']} bytes, more than this device accepts ({cfg.max_bundle_bytes})"
+            )
         if release.get("target") != cfg.target:
             raise UpdateError(f"the registry offered a bundle for target {release.get('target')!r}, not {cfg.target!r}")
         pointer = _check_pointer(release, cfg, root, key)
@@ -726,23 +784,31 @@ def update(cfg: UpdateConfig, progress: Progress | None = None) -> UpdateResult:
         # a bundle older than the one in use is installed only when a person asked: --allow-downgrade, or a channel
         # pointer signed for it (the registry's unsigned word is checked here, the signed manifest after the download)
         downgrade_ok = cfg.allow_downgrade or (pointer is not None and pointer["bundle"] == bid)
-        why = None if downgrade_ok or current == bid else _downgrade(release, root / "versions" / current
-                                                                     if current else None)
+        why = (
+            None
+            if downgrade_ok or current == bid
+            else _downgrade(release, root / "versions" / current if current else None)
+        )
         if why:
-            raise UpdateError(f"bundle {bid} is older than the one in use: {why}; refusing a downgrade (to go back "
-                              f"on purpose: `edgekws device rollback --to {bid}` if installed, `device update "
-                              "--allow-downgrade`, or a signed channel pointer: `edgekws server promote ID --key K`)")
+            raise UpdateError(
+                f"bundle {bid} is older than the one in use: {why}; refusing a downgrade (to go back "
+                f"on purpose: `edgekws device rollback --to {bid}` if installed, `device update "
+                "--allow-downgrade`, or a signed channel pointer: `edgekws server promote ID --key K`)"
+            )
         if current == bid:
-            res = UpdateResult(status="up-to-date", bundle=bid, previous=_read_pointer(root, "previous"),
-                               size=release["size"])
+            res = UpdateResult(
+                status="up-to-date", bundle=bid, previous=_read_pointer(root, "previous"), size=release["size"]
+            )
             res.checkin = _checkin(cfg, root, bid, "up-to-date")
             res.seconds = round(time.perf_counter() - t0, 3)
             return res
 
         earlier = _refused(root).get(bid)
         if earlier and not cfg.retry_refused:
-            raise UpdateError(f"bundle {bid} was refused here on {earlier['at']} ({earlier['reason']}); not fetched "
-                              "again: publish a fixed bundle, or retry it explicitly (--retry)")
+            raise UpdateError(
+                f"bundle {bid} was refused here on {earlier['at']} ({earlier['reason']}); not fetched "
+                "again: publish a fixed bundle, or retry it explicitly (--retry)"
+            )
         versions = root / "versions"
         versions.mkdir(parents=True, exist_ok=True)
         new_dir = versions / bid
@@ -772,21 +838,29 @@ def update(cfg: UpdateConfig, progress: Progress | None = None) -> UpdateResult:
         m = _manifest(new_dir)
         if _identity(new_dir) != bid or m.get("target") != cfg.target:
             shutil.rmtree(new_dir, ignore_errors=True)
-            raise UpdateError(f"bundle {bid} is not what the registry announced (id {_identity(new_dir)}, "
-                              f"target {m.get('target')!r})")
+            raise UpdateError(
+                f"bundle {bid} is not what the registry announced (id {_identity(new_dir)}, target {m.get('target')!r})"
+            )
         why = None if downgrade_ok else _downgrade(m, root / "versions" / current if current else None)
         if why:  # the registry's release said otherwise: the signed manifest decides
             shutil.rmtree(new_dir, ignore_errors=True)
-            raise UpdateError(f"bundle {bid} is older than the one in use: {why} (signed manifest); refusing a "
-                              "downgrade")
+            raise UpdateError(
+                f"bundle {bid} is older than the one in use: {why} (signed manifest); refusing a downgrade"
+            )
 
         old_dir = versions / current if current else None
         local, staged = _carry_state(old_dir, new_dir, state_root)
         emit({"event": "state", "bundle": bid, "local_state": local})
         emit({"event": "smoke", "bundle": bid})
         try:
-            smoke = smoke_test(new_dir, key, state_dir=state_root / bid if local in ("carried", "kept") else None,
-                               fmt=cfg.fmt, precision=cfg.precision, timeout=cfg.smoke_timeout)
+            smoke = smoke_test(
+                new_dir,
+                key,
+                state_dir=state_root / bid if local in ("carried", "kept") else None,
+                fmt=cfg.fmt,
+                precision=cfg.precision,
+                timeout=cfg.smoke_timeout,
+            )
         except UpdateError as exc:
             if staged is not None:
                 shutil.rmtree(staged, ignore_errors=True)
@@ -799,19 +873,43 @@ def update(cfg: UpdateConfig, progress: Progress | None = None) -> UpdateResult:
             _set_pointer(root, "previous", current)
         _set_pointer(root, "current", bid)
         emit({"event": "switched", "bundle": bid, "previous": current})
-        _history(root, {"event": "installed", "bundle": bid, "previous": current, "local_state": local,
-                        "old_state": str(state_root / current) if current and local == "set-aside" else None})
+        _history(
+            root,
+            {
+                "event": "installed",
+                "bundle": bid,
+                "previous": current,
+                "local_state": local,
+                "old_state": str(state_root / current) if current and local == "set-aside" else None,
+            },
+        )
         _prune(root, cfg.keep)
-        res = UpdateResult(status="installed", bundle=bid, previous=current, bytes_downloaded=fetched,
-                           resumed_from=resumed, size=release["size"], local_state=local, smoke=smoke)
+        res = UpdateResult(
+            status="installed",
+            bundle=bid,
+            previous=current,
+            bytes_downloaded=fetched,
+            resumed_from=resumed,
+            size=release["size"],
+            local_state=local,
+            smoke=smoke,
+        )
         res.checkin = _checkin(cfg, root, bid, "installed", f"local state {local}")
         res.seconds = round(time.perf_counter() - t0, 3)
         return res
 
 
-def rollback(root: str | os.PathLike | None = None, public_key: Any = None, *, to: str | None = None,
-             state_root: str | os.PathLike | None = None, fmt: str | None = None, precision: str | None = None,
-             smoke_timeout: float = 120.0, checkin: UpdateConfig | None = None) -> UpdateResult:
+def rollback(
+    root: str | os.PathLike | None = None,
+    public_key: Any = None,
+    *,
+    to: str | None = None,
+    state_root: str | os.PathLike | None = None,
+    fmt: str | None = None,
+    precision: str | None = None,
+    smoke_timeout: float = 120.0,
+    checkin: UpdateConfig | None = None,
+) -> UpdateResult:
     """Go back to the previous bundle (or ``to``, an installed id): verify it, smoke-test it, switch.
 
     Its local state (left in place when it was replaced) is in use again. ``checkin`` (a config naming the server)
@@ -827,11 +925,15 @@ def rollback(root: str | os.PathLike | None = None, public_key: Any = None, *, t
         if to is not None and not ID_RE.match(to):
             raise UpdateError(f"invalid bundle id {to!r}: 16 lower-case hex digits")
         goal = to or _read_pointer(r, "previous")
-        installed = sorted(d.name for d in (r / "versions").iterdir() if ID_RE.match(d.name)) \
-            if (r / "versions").is_dir() else []
+        installed = (
+            sorted(d.name for d in (r / "versions").iterdir() if ID_RE.match(d.name))
+            if (r / "versions").is_dir()
+            else []
+        )
         if goal is None:
-            raise UpdateError(f"nothing to roll back to: no previous bundle in {r} (installed: "
-                              f"{', '.join(installed) or 'none'})")
+            raise UpdateError(
+                f"nothing to roll back to: no previous bundle in {r} (installed: {', '.join(installed) or 'none'})"
+            )
         if goal not in installed:
             raise UpdateError(f"bundle {goal} is not installed in {r} (installed: {', '.join(installed) or 'none'})")
         if goal == current:
@@ -842,14 +944,25 @@ def rollback(root: str | os.PathLike | None = None, public_key: Any = None, *, t
         except BundleError as exc:
             raise UpdateError(f"cannot roll back to {goal}: {exc}") from None
         state = sr / goal
-        smoke = smoke_test(goal_dir, key, state_dir=state if _has_local_heads(state) else None, fmt=fmt,
-                           precision=precision, timeout=smoke_timeout)
+        smoke = smoke_test(
+            goal_dir,
+            key,
+            state_dir=state if _has_local_heads(state) else None,
+            fmt=fmt,
+            precision=precision,
+            timeout=smoke_timeout,
+        )
         if current:
             _set_pointer(r, "previous", current)
         _set_pointer(r, "current", goal)
         _history(r, {"event": "rolled-back", "bundle": goal, "previous": current})
-        res = UpdateResult(status="rolled-back", bundle=goal, previous=current, smoke=smoke,
-                           local_state="kept" if _has_local_heads(state) else "none")
+        res = UpdateResult(
+            status="rolled-back",
+            bundle=goal,
+            previous=current,
+            smoke=smoke,
+            local_state="kept" if _has_local_heads(state) else "none",
+        )
         if checkin is not None:
             res.checkin = _checkin(checkin, r, goal, "rolled-back", f"from {current}")
         res.seconds = round(time.perf_counter() - t0, 3)
@@ -864,15 +977,28 @@ def status(root: str | os.PathLike | None = None) -> dict:
         for d in sorted((r / "versions").iterdir()):
             if ID_RE.match(d.name) and (d / "manifest.json").is_file():
                 m = _manifest(d)
-                versions.append({"id": d.name, "target": m.get("target"), "created_at": m.get("created_at"),
-                                 "classes": m.get("classes"), "model": (m.get("model") or {}).get("name")})
+                versions.append(
+                    {
+                        "id": d.name,
+                        "target": m.get("target"),
+                        "created_at": m.get("created_at"),
+                        "classes": m.get("classes"),
+                        "model": (m.get("model") or {}).get("name"),
+                    }
+                )
     hist = []
     if (r / "history.json").is_file():
         with contextlib.suppress(OSError, json.JSONDecodeError):
             hist = json.loads((r / "history.json").read_text())[-10:]
     partial = sorted(p.name for p in (r / "downloads").glob("*.tar.part")) if (r / "downloads").is_dir() else []
-    return {"root": str(r), "current": _read_pointer(r, "current"), "previous": _read_pointer(r, "previous"),
-            "versions": versions, "partial_downloads": partial, "history": hist}
+    return {
+        "root": str(r),
+        "current": _read_pointer(r, "current"),
+        "previous": _read_pointer(r, "previous"),
+        "versions": versions,
+        "partial_downloads": partial,
+        "history": hist,
+    }
 
 
 def _main(argv: list[str]) -> int:

@@ -104,8 +104,20 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 """A device's name in registry check-ins."""
 
-_REQUIRED = ("format", "format_version", "target", "created_at", "classes", "feature_config", "model", "graphs",
-             "head", "coreset", "files", "public_key")
+_REQUIRED = (
+    "format",
+    "format_version",
+    "target",
+    "created_at",
+    "classes",
+    "feature_config",
+    "model",
+    "graphs",
+    "head",
+    "coreset",
+    "files",
+    "public_key",
+)
 
 
 class BundleError(ValueError):
@@ -173,8 +185,9 @@ def generate_keypair(directory: str | os.PathLike | None = None, *, overwrite: b
         raise FileExistsError(f"{priv_path} already exists; pass overwrite=True (--force) to replace it")
     d.mkdir(parents=True, exist_ok=True)
     key = ed25519.Ed25519PrivateKey.generate()
-    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    priv = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     with atomic_open(priv_path, "wb") as fh:
         os.fchmod(fh.fileno(), 0o600)
@@ -248,8 +261,11 @@ def load_public_key(source: Any = None) -> Any:
 
 def _public_key_info(public_key: Any) -> dict[str, str]:
     raw = _raw_public(public_key)
-    return {"algorithm": "ed25519", "key_id": hashlib.sha256(raw).hexdigest(),
-            "public_key": base64.b64encode(raw).decode("ascii")}
+    return {
+        "algorithm": "ed25519",
+        "key_id": hashlib.sha256(raw).hexdigest(),
+        "public_key": base64.b64encode(raw).decode("ascii"),
+    }
 
 
 # Head weights ----------------------------------------------------------------------------------------------
@@ -384,8 +400,7 @@ def write_bundle(
             "created_at": _utc_now(),
             "classes": classes,
             "feature_config": feature_config.to_dict(),
-            "input": {"name": "mfcc", "shape": [1, 1, *feature_config.shape], "dtype": "float32",
-                      "batch_axis": 0},
+            "input": {"name": "mfcc", "shape": [1, 1, *feature_config.shape], "dtype": "float32", "batch_axis": 0},
             "model": dict(model),
             "graphs": {k: dict(v) for k, v in graphs.items()},
             "head": HEAD,
@@ -478,13 +493,16 @@ def _read_tar(path: Path, max_bytes: int = 2 << 30) -> dict[str, bytes]:
                     if total > max_bytes:
                         raise BundleError(f"{path}: archive unpacks to more than {max_bytes} bytes")
                     if member.offset_data + member.size > size:
-                        raise BundleError(f"{path}: truncated tar: member {name!r} needs bytes up to "
-                                          f"{member.offset_data + member.size}, the file has {size}")
+                        raise BundleError(
+                            f"{path}: truncated tar: member {name!r} needs bytes up to "
+                            f"{member.offset_data + member.size}, the file has {size}"
+                        )
                     f = tf.extractfile(member)
                     data = f.read() if f is not None else b""
                     if len(data) != member.size:
-                        raise BundleError(f"{path}: truncated tar: member {name!r} has {len(data)} of "
-                                          f"{member.size} bytes")
+                        raise BundleError(
+                            f"{path}: truncated tar: member {name!r} has {len(data)} of {member.size} bytes"
+                        )
                     out[name] = data
                 end = tf.offset
         except tarfile.TarError as exc:
@@ -492,13 +510,16 @@ def _read_tar(path: Path, max_bytes: int = 2 << 30) -> dict[str, bytes]:
         fh.seek(end)
         tail = fh.read(1024)
     if len(tail) < 1024 or tail.strip(b"\x00"):
-        raise BundleError(f"{path}: truncated tar: the archive stops at byte {size} without its end-of-archive "
-                          f"marker (after {len(out)} member(s)); the download or copy was cut short")
+        raise BundleError(
+            f"{path}: truncated tar: the archive stops at byte {size} without its end-of-archive "
+            f"marker (after {len(out)} member(s)); the download or copy was cut short"
+        )
     return out
 
 
-def unpack_bundle(tar_path: str | os.PathLike, dest: str | os.PathLike, public_key: Any = None, *,
-                  trust_embedded_key: bool = False) -> Path:
+def unpack_bundle(
+    tar_path: str | os.PathLike, dest: str | os.PathLike, public_key: Any = None, *, trust_embedded_key: bool = False
+) -> Path:
     """Verify a bundle tar, then extract it into the directory ``dest`` (created; swapped in atomically).
 
     Only plain files with safe relative names are accepted (no absolute paths, ``..``, links or devices); the
@@ -648,21 +669,29 @@ def _parse_manifest(src: Any) -> dict[str, Any]:
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise BundleError(f"{src.name}: manifest.json is not UTF-8 text (byte {exc.start}): the file is damaged") from None
+        raise BundleError(
+            f"{src.name}: manifest.json is not UTF-8 text (byte {exc.start}): the file is damaged"
+        ) from None
     except json.JSONDecodeError as exc:
-        raise BundleError(f"{src.name}: manifest.json is not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                          f"{exc.msg}): the file is damaged or was edited") from None
+        raise BundleError(
+            f"{src.name}: manifest.json is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+            f"{exc.msg}): the file is damaged or was edited"
+        ) from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{src.name}: manifest.json holds a {type(manifest).__name__}, not an object")
     if manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{src.name}: manifest.json has format {manifest.get('format')!r}, "
-                          f"expected {BUNDLE_FORMAT!r}: not an edgekws bundle")
+        raise BundleError(
+            f"{src.name}: manifest.json has format {manifest.get('format')!r}, "
+            f"expected {BUNDLE_FORMAT!r}: not an edgekws bundle"
+        )
     version = manifest.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise BundleError(f"{src.name}: manifest.json has no valid format_version ({version!r})")
     if version > BUNDLE_FORMAT_VERSION:
-        raise BundleError(f"{src.name}: bundle format_version {version} is newer than this edgekws understands "
-                          f"(up to {BUNDLE_FORMAT_VERSION}); upgrade edgekws on this device to use it")
+        raise BundleError(
+            f"{src.name}: bundle format_version {version} is newer than this edgekws understands "
+            f"(up to {BUNDLE_FORMAT_VERSION}); upgrade edgekws on this device to use it"
+        )
     return manifest
 
 
@@ -685,18 +714,24 @@ def _check_signature(src: Any, manifest: dict[str, Any], public_key: Any, trust_
         try:
             key = load_public_key(public_key)
         except FileNotFoundError as exc:
-            raise BundleError(f"no pinned public key to check the signature against: {exc}. Pass the signer's "
-                              "public key (--public-key), or check integrity only (--embedded-key)") from None
+            raise BundleError(
+                f"no pinned public key to check the signature against: {exc}. Pass the signer's "
+                "public key (--public-key), or check integrity only (--embedded-key)"
+            ) from None
         trusted = True
     kid = key_id(key)
     try:
         key.verify(sig, src.read(MANIFEST))
     except InvalidSignature:
         if declared != kid:
-            raise BundleError(f"{src.name}: wrong signature: the bundle was signed by key {declared[:16]}…, "
-                              f"not by the trusted key {kid[:16]}…") from None
-        raise BundleError(f"{src.name}: wrong signature: manifest.sig does not match manifest.json for key "
-                          f"{kid[:16]}… (the manifest was changed after signing, or the signature is damaged)") from None
+            raise BundleError(
+                f"{src.name}: wrong signature: the bundle was signed by key {declared[:16]}…, "
+                f"not by the trusted key {kid[:16]}…"
+            ) from None
+        raise BundleError(
+            f"{src.name}: wrong signature: manifest.sig does not match manifest.json for key "
+            f"{kid[:16]}… (the manifest was changed after signing, or the signature is damaged)"
+        ) from None
     return kid, trusted
 
 
@@ -717,8 +752,11 @@ def _check_fields(src: Any, m: dict[str, Any]) -> None:
         _check_relpath(rel)
         if rel in (MANIFEST, SIGNATURE):
             raise BundleError(f"{src.name}: manifest lists {rel} among its files")
-        if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
-                or not isinstance(entry.get("size"), int)):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("sha256"), str)
+            or not isinstance(entry.get("size"), int)
+        ):
             raise BundleError(f"{src.name}: manifest entry for {rel} needs 'sha256' and 'size'")
     if not isinstance(m["graphs"], dict):
         raise BundleError(f"{src.name}: manifest 'graphs' must be an object")
@@ -744,12 +782,16 @@ def _verify_members(src: Any, public_key: Any, trust_embedded_key: bool) -> Mani
         want = files[rel]
         size = src.size(rel)
         if size != want["size"]:
-            raise BundleError(f"{src.name}: {rel} is {size} bytes but the manifest says {want['size']}: "
-                              "the file is truncated or was replaced")
+            raise BundleError(
+                f"{src.name}: {rel} is {size} bytes but the manifest says {want['size']}: "
+                "the file is truncated or was replaced"
+            )
         digest = src.sha256(rel)
         if digest != want["sha256"]:
-            raise BundleError(f"{src.name}: {rel} is damaged or was modified: sha256 {digest[:16]}… does not match "
-                              f"the manifest's {want['sha256'][:16]}… (same size, different bytes)")
+            raise BundleError(
+                f"{src.name}: {rel} is damaged or was modified: sha256 {digest[:16]}… does not match "
+                f"the manifest's {want['sha256'][:16]}… (same size, different bytes)"
+            )
     extra = sorted(present - set(files))
     if extra:
         raise BundleError(f"{src.name}: unexpected file(s) not covered by the signature: {', '.join(extra)}")
@@ -800,8 +842,11 @@ class Bundle:
         """The graph the exporter recommends for the target: ``{"format", "precision", "threads"}`` (ONNX fp32 and
         one thread for a bundle that names none)."""
         rec = self.manifest.get("recommended") or {}
-        return {"format": str(rec.get("format", "onnx")), "precision": str(rec.get("precision", "fp32")),
-                "threads": int(rec.get("threads", 1) or 1)}
+        return {
+            "format": str(rec.get("format", "onnx")),
+            "precision": str(rec.get("precision", "fp32")),
+            "threads": int(rec.get("threads", 1) or 1),
+        }
 
     def choose_graph(self, fmt: str | None = None, precision: str | None = None) -> tuple[str, str]:
         """``(format, precision)`` to run: what is asked, the rest from :attr:`recommended`. Asking for another
@@ -833,8 +878,9 @@ class Bundle:
         if self._head is None:
             W, b = read_head(self.path / self.manifest["head"])
             if W.shape[0] != len(self.classes):
-                raise BundleError(f"bundle {self.path}: head has {W.shape[0]} rows but the bundle has "
-                                  f"{len(self.classes)} classes")
+                raise BundleError(
+                    f"bundle {self.path}: head has {W.shape[0]} rows but the bundle has {len(self.classes)} classes"
+                )
             self._head = (W, b)
         return self._head[0].copy(), self._head[1].copy()
 
@@ -870,16 +916,26 @@ def load_bundle(path: str | os.PathLike, public_key: Any = None, *, trust_embedd
     if p.is_file():
         raise BundleError(f"{p} is an archive; unpack it into a folder first (unpack_bundle(tar, dest))")
     m = verify_bundle(p, public_key, trust_embedded_key=trust_embedded_key)
-    return Bundle(path=p, manifest=m.data, classes=tuple(m.classes), feature_config=m.feature_config,
-                  target=m.target, key_id=m.key_id, trusted=m.trusted, id=m.id)
+    return Bundle(
+        path=p,
+        manifest=m.data,
+        classes=tuple(m.classes),
+        feature_config=m.feature_config,
+        target=m.target,
+        key_id=m.key_id,
+        trusted=m.trusted,
+        id=m.id,
+    )
 
 
 def describe(manifest: Manifest, on_line: Callable[[str], None]) -> None:
     """Human-readable summary lines of a verified manifest (for the CLI)."""
     d = manifest.data
     on_line(f"target {d['target']}, {len(d['classes'])} classes ({', '.join(d['classes'])}), created {d['created_at']}")
-    on_line(f"model {d['model'].get('name')} ({d['model'].get('params', '?')} params), "
-            f"input {d['feature_config']['n_mfcc']} MFCC x {FeatureConfig.from_dict(d['feature_config']).n_frames} frames")
+    on_line(
+        f"model {d['model'].get('name')} ({d['model'].get('params', '?')} params), "
+        f"input {d['feature_config']['n_mfcc']} MFCC x {FeatureConfig.from_dict(d['feature_config']).n_frames} frames"
+    )
     for kind, entries in sorted(d["graphs"].items()):
         for key, rel in sorted(entries.items()):
             on_line(f"  {kind:10s} {key:12s} {rel:22s} {d['files'][rel]['size'] / 1024:9.1f} KB")

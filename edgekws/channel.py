@@ -62,8 +62,16 @@ def parse_time(text: Any) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 
-def make_pointer(private_key: Any, target: str, channel: str, bundle_id: str, version: int, *,
-                 valid_days: float = DEFAULT_VALID_DAYS, now: datetime | None = None) -> tuple[bytes, bytes]:
+def make_pointer(
+    private_key: Any,
+    target: str,
+    channel: str,
+    bundle_id: str,
+    version: int,
+    *,
+    valid_days: float = DEFAULT_VALID_DAYS,
+    now: datetime | None = None,
+) -> tuple[bytes, bytes]:
     """The pointer document's exact bytes and their ed25519 signature. ``private_key``: key object or PEM path."""
     if not _NAME_RE.match(target) or not _NAME_RE.match(channel):
         raise ValueError(f"invalid target or channel name: {target!r}, {channel!r}")
@@ -77,9 +85,16 @@ def make_pointer(private_key: Any, target: str, channel: str, bundle_id: str, ve
 
     key = private_key if isinstance(private_key, ed25519.Ed25519PrivateKey) else load_private_key(private_key)
     t = now or datetime.now(timezone.utc)
-    doc = {"format": POINTER_FORMAT, "format_version": POINTER_FORMAT_VERSION, "target": target,
-           "channel": channel, "bundle": bundle_id, "version": version, "issued_at": _iso(t),
-           "expires_at": _iso(t + timedelta(days=valid_days))}
+    doc = {
+        "format": POINTER_FORMAT,
+        "format_version": POINTER_FORMAT_VERSION,
+        "target": target,
+        "channel": channel,
+        "bundle": bundle_id,
+        "version": version,
+        "issued_at": _iso(t),
+        "expires_at": _iso(t + timedelta(days=valid_days)),
+    }
     data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     return data, key.sign(data)
 
@@ -101,12 +116,21 @@ def verify_pointer(data: bytes, signature: bytes, public_key: Any) -> dict[str, 
     if not isinstance(doc, dict) or doc.get("format") != POINTER_FORMAT:
         raise PointerError("not an edgekws channel pointer")
     if doc.get("format_version") != POINTER_FORMAT_VERSION:
-        raise PointerError(f"channel pointer format version {doc.get('format_version')!r} is not one this edgekws "
-                           f"reads ({POINTER_FORMAT_VERSION}); upgrade edgekws")
-    ok = (isinstance(doc.get("target"), str) and _NAME_RE.match(doc["target"])
-          and isinstance(doc.get("channel"), str) and _NAME_RE.match(doc["channel"])
-          and isinstance(doc.get("bundle"), str) and _ID_RE.match(doc["bundle"])
-          and isinstance(doc.get("version"), int) and not isinstance(doc["version"], bool) and doc["version"] >= 1)
+        raise PointerError(
+            f"channel pointer format version {doc.get('format_version')!r} is not one this edgekws "
+            f"reads ({POINTER_FORMAT_VERSION}); upgrade edgekws"
+        )
+    ok = (
+        isinstance(doc.get("target"), str)
+        and _NAME_RE.match(doc["target"])
+        and isinstance(doc.get("channel"), str)
+        and _NAME_RE.match(doc["channel"])
+        and isinstance(doc.get("bundle"), str)
+        and _ID_RE.match(doc["bundle"])
+        and isinstance(doc.get("version"), int)
+        and not isinstance(doc["version"], bool)
+        and doc["version"] >= 1
+    )
     if not ok:
         raise PointerError("the channel pointer lacks a valid target, channel, bundle or version")
     try:

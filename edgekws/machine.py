@@ -53,8 +53,14 @@ def _mem_total_mb() -> float | None:
 
 def _git_commit() -> str | None:
     try:
-        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True,
-                           timeout=10, cwd=Path(__file__).resolve().parent)
+        r = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
         return r.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -67,9 +73,15 @@ def describe_machine() -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = os.cpu_count()
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable, "memory_mb": _mem_total_mb(),
-            "machine": platform.machine(), "system": f"{platform.system()} {platform.release()}",
-            "versions": _versions(), "git_commit": _git_commit(), "load_average_start": list(os.getloadavg()),
-            "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
-
-
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "memory_mb": _mem_total_mb(),
+        "machine": platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "load_average_start": list(os.getloadavg()),
+        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }

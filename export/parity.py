@@ -42,14 +42,15 @@ def graph_outputs(path: str | os.PathLike, x: np.ndarray, threads: int = 1, batc
         x = x[:, None]
     try:
         backend = open_backend(p, threads=threads)
-        outs = [backend.predict(x[s: s + batch_size]) for s in range(0, len(x), batch_size)]
+        outs = [backend.predict(x[s : s + batch_size]) for s in range(0, len(x), batch_size)]
     except BackendError as exc:
         raise ValueError(str(exc)) from None
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None, *,
-            logits: bool = True) -> dict[str, Any]:
+def compare(
+    reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None, *, logits: bool = True
+) -> dict[str, Any]:
     """``max_abs_diff``, ``mean_abs_diff``, ``rel_max_diff`` (max diff / max |reference|); for logits (2-D, more
     than one column) also ``top1_agreement`` (argmax equal) and, with ``labels``, both accuracies. For embeddings
     (``logits=False``) ``cosine`` is the mean cosine similarity of matching rows instead."""

@@ -247,17 +247,21 @@ class _Store:
         rows = con.execute(
             "SELECT r.target, r.channel, r.bundle_id FROM releases r JOIN "
             "(SELECT target, channel, MAX(seq) AS seq FROM releases GROUP BY target, channel) m ON r.seq = m.seq "
-            "WHERE r.bundle_id = ?", (bundle_id,)).fetchall()
+            "WHERE r.bundle_id = ?",
+            (bundle_id,),
+        ).fetchall()
         return sorted(r["channel"] for r in rows)
 
     def latest(self, con: sqlite3.Connection, target: str, channel: str) -> sqlite3.Row | None:
-        return con.execute("SELECT * FROM releases WHERE target = ? AND channel = ? ORDER BY seq DESC LIMIT 1",
-                           (target, channel)).fetchone()
+        return con.execute(
+            "SELECT * FROM releases WHERE target = ? AND channel = ? ORDER BY seq DESC LIMIT 1", (target, channel)
+        ).fetchone()
 
     def pointer_version(self, con: sqlite3.Connection, target: str, channel: str) -> int | None:
         """The highest signed-pointer version released on a channel (None: never signed)."""
-        row = con.execute("SELECT MAX(pointer_version) AS v FROM releases WHERE target = ? AND channel = ?",
-                          (target, channel)).fetchone()
+        row = con.execute(
+            "SELECT MAX(pointer_version) AS v FROM releases WHERE target = ? AND channel = ?", (target, channel)
+        ).fetchone()
         return None if row is None or row["v"] is None else int(row["v"])
 
 
@@ -273,8 +277,11 @@ def _describe(store: _Store, con: sqlite3.Connection, row: sqlite3.Row, *, with_
         "key_id": row["key_id"],
         "classes": m.get("classes", []),
         "model": (m.get("model") or {}).get("name"),
-        "embedding_sha256": {k: m["files"][v]["sha256"] for k, v in (m.get("graphs") or {}).get("embedding", {}).items()
-                             if v in m.get("files", {})},
+        "embedding_sha256": {
+            k: m["files"][v]["sha256"]
+            for k, v in (m.get("graphs") or {}).get("embedding", {}).items()
+            if v in m.get("files", {})
+        },
         "channels": store.channels_of(con, row["id"]),
         "url": f"/v1/bundles/{row['id']}/bundle.tar",
     }
@@ -408,9 +415,17 @@ class _BoundedBody:
             size = f"of {int(declared)} bytes " if declared is not None else ""
             detail = f"request body {size}exceeds this registry's limit of {self.limit} bytes"
         raw = json.dumps({"detail": detail}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(raw)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": raw, "more_body": False})
 
 
@@ -484,8 +499,9 @@ def _uvicorn_server_for(app: Any, log_level: str, tls: tuple[str, str] | None = 
     import uvicorn
 
     ssl = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
-    ucfg = uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug",
-                          timeout_keep_alive=5, lifespan="off", **ssl)
+    ucfg = uvicorn.Config(
+        app, log_level=log_level, access_log=log_level == "debug", timeout_keep_alive=5, lifespan="off", **ssl
+    )
     return uvicorn.Server(ucfg)
 
 
@@ -493,8 +509,15 @@ def _uvicorn_server(cfg: RegistryConfig, log_level: str, tls: tuple[str, str] | 
     return _uvicorn_server_for(create_app(cfg), log_level, tls)
 
 
-def serve(cfg: RegistryConfig, host: str = "127.0.0.1", port: int = 8710, *, log_level: str = "warning",
-          on_ready: Callable[[str], None] | None = None, tls: tuple[str, str] | None = None) -> None:
+def serve(
+    cfg: RegistryConfig,
+    host: str = "127.0.0.1",
+    port: int = 8710,
+    *,
+    log_level: str = "warning",
+    on_ready: Callable[[str], None] | None = None,
+    tls: tuple[str, str] | None = None,
+) -> None:
     """Run the registry until interrupted. ``port=0`` picks a free port; ``on_ready(url)`` is called once bound.
     ``tls``: ``(certfile, keyfile)`` serves HTTPS (a phone's browser needs it for the microphone on /demo)."""
     sock = _bind(host, port)
@@ -526,8 +549,9 @@ class RegistryServer:
         self.url = _url(self._sock, tls=self.tls is not None)
         self._server = _uvicorn_server(self.config, self.log_level, self.tls)
         self._server.install_signal_handlers = lambda: None  # not the main thread
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name="edgekws-registry", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, name="edgekws-registry", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:

@@ -27,8 +27,15 @@ from edgekws.bundle import NAME_RE, BundleError, load_private_key, pack_bundle
 from edgekws.bundle import bundle_id as _bundle_id
 from edgekws.channel import DEFAULT_VALID_DAYS, PointerError, decode_pointer, encode_pointer, make_pointer
 
-__all__ = ["RegistryError", "default_token_path", "enrol_device", "list_devices", "publish", "read_token",
-           "set_channel"]
+__all__ = [
+    "RegistryError",
+    "default_token_path",
+    "enrol_device",
+    "list_devices",
+    "publish",
+    "read_token",
+    "set_channel",
+]
 
 TOKEN_ENV = "EDGEKWS_REGISTRY_TOKEN"
 
@@ -141,8 +148,9 @@ def _manifest_of(src: Path) -> bytes:
         raise BundleError(f"{src}: no readable manifest.json ({exc})") from None
 
 
-def _signed_pointer(base: str, target: str, channel: str, bundle_id: str, pointer_key: Any, valid_days: float,
-                    timeout: float) -> dict[str, str]:
+def _signed_pointer(
+    base: str, target: str, channel: str, bundle_id: str, pointer_key: Any, valid_days: float, timeout: float
+) -> dict[str, str]:
     """A pointer for ``bundle_id`` one version above the channel's current one, signed with ``pointer_key``."""
     try:
         current = _json_request("GET", f"{base}/v1/targets/{target}/channels/{channel}", None, None, timeout)
@@ -157,16 +165,30 @@ def _signed_pointer(base: str, target: str, channel: str, bundle_id: str, pointe
         except (PointerError, ValueError, KeyError, TypeError):
             raise RegistryError(f"{base}: the current pointer of {target}/{channel} is unreadable") from None
     try:
-        data, sig = make_pointer(load_private_key(pointer_key) if not hasattr(pointer_key, "sign") else pointer_key,
-                                 target, channel, bundle_id, version + 1, valid_days=valid_days)
+        data, sig = make_pointer(
+            load_private_key(pointer_key) if not hasattr(pointer_key, "sign") else pointer_key,
+            target,
+            channel,
+            bundle_id,
+            version + 1,
+            valid_days=valid_days,
+        )
     except (ValueError, TypeError) as exc:
         raise RegistryError(f"cannot sign the channel pointer: {exc}") from None
     return encode_pointer(data, sig)
 
 
-def publish(bundle: str | os.PathLike, server: str, channel: str = "stable", token: str | None = None, *,
-            target: str | None = None, timeout: float = 120.0, pointer_key: Any = None,
-            valid_days: float = DEFAULT_VALID_DAYS) -> dict:
+def publish(
+    bundle: str | os.PathLike,
+    server: str,
+    channel: str = "stable",
+    token: str | None = None,
+    *,
+    target: str | None = None,
+    timeout: float = 120.0,
+    pointer_key: Any = None,
+    valid_days: float = DEFAULT_VALID_DAYS,
+) -> dict:
     """Upload a bundle (directory or ``.tar``) to a registry's ``channel``; return the registry's description.
 
     A directory is verified (integrity) and packed into a temporary tar first. ``pointer_key`` (the signing key,
@@ -186,16 +208,20 @@ def publish(bundle: str | os.PathLike, server: str, channel: str = "stable", tok
         tar = src if src.is_file() else pack_bundle(src, Path(tmp) / "bundle.tar")
         query = {"channel": channel, **({"target": target} if target else {})}
         url = f"{base}/v1/bundles?{urllib.parse.urlencode(query)}"
-        headers = {"Content-Type": "application/x-tar", "Content-Length": str(tar.stat().st_size),
-                   "Authorization": f"Bearer {token}"}
+        headers = {
+            "Content-Type": "application/x-tar",
+            "Content-Length": str(tar.stat().st_size),
+            "Authorization": f"Bearer {token}",
+        }
         if pointer_key is not None:
             raw = _manifest_of(tar)
             try:
                 manifest_target = str(json.loads(raw)["target"])
             except (ValueError, KeyError, TypeError):
                 raise BundleError(f"{src}: manifest.json names no target") from None
-            signed = _signed_pointer(base, manifest_target, channel, _bundle_id(raw),
-                                     pointer_key, valid_days, min(timeout, 30.0))
+            signed = _signed_pointer(
+                base, manifest_target, channel, _bundle_id(raw), pointer_key, valid_days, min(timeout, 30.0)
+            )
             headers.update({"X-Channel-Pointer": signed["pointer"], "X-Channel-Pointer-Signature": signed["signature"]})
         try:
             status, body, reason = _post_file(url, tar, headers, timeout)
@@ -211,8 +237,9 @@ def publish(bundle: str | os.PathLike, server: str, channel: str = "stable", tok
 
 def _token_or_default(token: str | None) -> str:
     if token is None:
-        token = os.environ.get(TOKEN_ENV) or (read_token(default_token_path())
-                                              if default_token_path().is_file() else None)
+        token = os.environ.get(TOKEN_ENV) or (
+            read_token(default_token_path()) if default_token_path().is_file() else None
+        )
     if not token:
         raise RegistryError(f"no publish token: pass one, set ${TOKEN_ENV} or put it in {default_token_path()}")
     return token
@@ -240,8 +267,17 @@ def _json_request(method: str, url: str, token: str | None, body: dict | None, t
     return json.loads(raw)
 
 
-def set_channel(server: str, target: str, channel: str, bundle_id: str, token: str | None = None, *,
-                timeout: float = 30.0, pointer_key: Any = None, valid_days: float = DEFAULT_VALID_DAYS) -> dict:
+def set_channel(
+    server: str,
+    target: str,
+    channel: str,
+    bundle_id: str,
+    token: str | None = None,
+    *,
+    timeout: float = 30.0,
+    pointer_key: Any = None,
+    valid_days: float = DEFAULT_VALID_DAYS,
+) -> dict:
     """Point ``target``/``channel`` at a stored bundle (promote beta to stable, or roll a channel back).
 
     ``pointer_key`` (the signing key) sends a signed channel pointer with it: devices that have seen signed
@@ -266,11 +302,11 @@ def enrol_device(server: str, device_id: str, token: str | None = None, *, timeo
     (the registry keeps only its sha256) and replaces any earlier one of that device."""
     if not DEVICE_RE.match(device_id):
         raise RegistryError(f"invalid device id {device_id!r}: letters, digits, '.', '_' and '-', at most 64")
-    return _json_request("POST", f"{_check_url(server)}/v1/devices/{device_id}/token", _token_or_default(token),
-                         None, timeout)
+    return _json_request(
+        "POST", f"{_check_url(server)}/v1/devices/{device_id}/token", _token_or_default(token), None, timeout
+    )
 
 
 def list_devices(server: str, token: str | None = None, *, timeout: float = 30.0) -> list[dict]:
     """The last check-in of every device."""
-    return _json_request("GET", f"{_check_url(server)}/v1/devices", _token_or_default(token), None,
-                         timeout)["devices"]
+    return _json_request("GET", f"{_check_url(server)}/v1/devices", _token_or_default(token), None, timeout)["devices"]

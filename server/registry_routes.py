@@ -63,8 +63,9 @@ class Checks:
             raise self.bad(401, "missing token: send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise self.bad(401, "malformed Authorization header: expected 'Bearer <token>'",
-                      {"WWW-Authenticate": "Bearer"})
+            raise self.bad(
+                401, "malformed Authorization header: expected 'Bearer <token>'", {"WWW-Authenticate": "Bearer"}
+            )
         if not self.cfg.tokens:
             raise self.bad(403, "this registry accepts no writes (it was started without a publish token)")
         given = token.strip().encode()
@@ -93,7 +94,9 @@ class Checks:
             return None
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise self.bad(401, "malformed Authorization header: expected 'Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+            raise self.bad(
+                401, "malformed Authorization header: expected 'Bearer <token>'", {"WWW-Authenticate": "Bearer"}
+            )
         return token.strip()
 
     def require_device(self, request: Request, device_id: str) -> bool:
@@ -106,23 +109,40 @@ class Checks:
                 return False
             if token is not None:
                 raise self.bad(403, f"device {device_id} is not enrolled here: its token is not valid")
-            raise self.bad(401, f"device {device_id} is not enrolled: check-ins need a device token (the registry's "
-                           f"operator runs `edgekws server enrol {device_id}`)", {"WWW-Authenticate": "Bearer"})
+            raise self.bad(
+                401,
+                f"device {device_id} is not enrolled: check-ins need a device token (the registry's "
+                f"operator runs `edgekws server enrol {device_id}`)",
+                {"WWW-Authenticate": "Bearer"},
+            )
         if token is None:
-            raise self.bad(401, f"device {device_id} is enrolled: send its device token", {"WWW-Authenticate": "Bearer"})
+            raise self.bad(
+                401, f"device {device_id} is enrolled: send its device token", {"WWW-Authenticate": "Bearer"}
+            )
         given = hashlib.sha256(token.encode("utf-8", "backslashreplace")).hexdigest()
         if not hmac.compare_digest(given, row["token_sha256"]):
-            raise self.bad(403, f"invalid device token for {device_id}", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise self.bad(
+                403, f"invalid device token for {device_id}", {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            )
         return True
 
-    def check_pointer(self, con: sqlite3.Connection, target: str, channel: str, bundle_id: str, pointer: str | None,
-                      signature: str | None) -> tuple[bytes, bytes, int] | None:
+    def check_pointer(
+        self,
+        con: sqlite3.Connection,
+        target: str,
+        channel: str,
+        bundle_id: str,
+        pointer: str | None,
+        signature: str | None,
+    ) -> tuple[bytes, bytes, int] | None:
         """Verify a signed channel pointer for a new release; None when none is given (and none is needed)."""
         last = self.store.pointer_version(con, target, channel)
         if pointer is None and signature is None:
             if last is not None:
-                raise self.bad(409, f"releases of {target}/{channel} carry signed channel pointers (version {last}): "
-                               "sign this one too")
+                raise self.bad(
+                    409,
+                    f"releases of {target}/{channel} carry signed channel pointers (version {last}): sign this one too",
+                )
             return None
         try:
             data, sig = decode_pointer(pointer, signature)
@@ -141,12 +161,16 @@ class Checks:
             raise self.bad(422, f"channel pointer refused: {exc}") from None
         named = (doc["target"], doc["channel"], doc["bundle"])
         if named != (target, channel, bundle_id):
-            raise self.bad(409, f"the signed pointer names {'/'.join(named[:2])} -> {named[2]}, not "
-                           f"{target}/{channel} -> {bundle_id}")
+            raise self.bad(
+                409,
+                f"the signed pointer names {'/'.join(named[:2])} -> {named[2]}, not {target}/{channel} -> {bundle_id}",
+            )
         if parse_time(doc["expires_at"]) <= datetime.now(timezone.utc):
             raise self.bad(422, f"the signed pointer expired at {doc['expires_at']}")
         if last is not None and doc["version"] <= last:
-            raise self.bad(409, f"pointer version {doc['version']} is not newer than version {last} of {target}/{channel}")
+            raise self.bad(
+                409, f"pointer version {doc['version']} is not newer than version {last} of {target}/{channel}"
+            )
         return data, sig, int(doc["version"])
 
     def check_device_id(self, device_id: str) -> str:
@@ -155,9 +179,9 @@ class Checks:
         return device_id
 
 
-
 def add_error_handlers(app: Any) -> None:
     """Refusals as ``{"detail": ...}``, never echoing the request."""
+
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         detail = _safe_text(exc.detail, 2000) if isinstance(exc.detail, str) else exc.detail
@@ -174,28 +198,35 @@ def add_error_handlers(app: Any) -> None:
         return JSONResponse({"detail": "invalid request: " + "; ".join(parts)}, status_code=422)
 
 
-
 def add_bundle_routes(app: Any, c: Checks) -> None:
     """``/healthz`` and ``/v1/bundles``: list, show, manifest, download (ETag, Range), publish."""
+
     @app.get("/healthz")
     def healthz() -> dict:
         return {"ok": True, "channels": list(c.cfg.channels)}
 
     @app.get("/v1/bundles")
-    def list_bundles(target: str | None = None, channel: str | None = None,
-                     limit: int = Query(100, ge=1, le=1000)) -> dict:
+    def list_bundles(
+        target: str | None = None, channel: str | None = None, limit: int = Query(100, ge=1, le=1000)
+    ) -> dict:
         if target is not None:
             c.check_name("target", target)
         if channel is not None:
             c.check_channel(channel)
         with c.store.connect() as con:
             if channel is not None:
-                sql = ("SELECT DISTINCT b.* FROM bundles b JOIN releases r ON r.bundle_id = b.id WHERE r.channel = ?"
-                       + (" AND b.target = ?" if target else "") + " ORDER BY b.published_at DESC LIMIT ?")
+                sql = (
+                    "SELECT DISTINCT b.* FROM bundles b JOIN releases r ON r.bundle_id = b.id WHERE r.channel = ?"
+                    + (" AND b.target = ?" if target else "")
+                    + " ORDER BY b.published_at DESC LIMIT ?"
+                )
                 args: tuple = (channel, target, limit) if target else (channel, limit)
             else:
-                sql = "SELECT * FROM bundles" + (" WHERE target = ?" if target else "") + \
-                      " ORDER BY published_at DESC LIMIT ?"
+                sql = (
+                    "SELECT * FROM bundles"
+                    + (" WHERE target = ?" if target else "")
+                    + " ORDER BY published_at DESC LIMIT ?"
+                )
                 args = (target, limit) if target else (limit,)
             rows = con.execute(sql, args).fetchall()
             return {"bundles": [_describe(c.store, con, r) for r in rows]}
@@ -217,9 +248,14 @@ def add_bundle_routes(app: Any, c: Checks) -> None:
         if row is None:
             raise c.bad(404, f"no bundle {bundle_id}")
         raw = bytes(row["manifest"])
-        return Response(raw, media_type="application/json",
-                        headers={"ETag": f'"{hashlib.sha256(raw).hexdigest()}"',
-                                 "Cache-Control": "public, max-age=31536000, immutable"})
+        return Response(
+            raw,
+            media_type="application/json",
+            headers={
+                "ETag": f'"{hashlib.sha256(raw).hexdigest()}"',
+                "Cache-Control": "public, max-age=31536000, immutable",
+            },
+        )
 
     @app.api_route("/v1/bundles/{bundle_id}/bundle.tar", methods=["GET", "HEAD"])
     def download(bundle_id: str, request: Request) -> Response:
@@ -250,10 +286,14 @@ def add_bundle_routes(app: Any, c: Checks) -> None:
                 parsed = parse_range(rng, size)
             except ValueError as exc:
                 if str(exc) == "unsatisfiable":
-                    raise c.bad(416, f"range {rng!r} is outside the {size}-byte archive",
-                              {"Content-Range": f"bytes */{size}", **headers}) from None
-                raise c.bad(400, f"malformed Range header {rng!r}: expected 'bytes=START-[END]' or 'bytes=-N'") \
-                    from None
+                    raise c.bad(
+                        416,
+                        f"range {rng!r} is outside the {size}-byte archive",
+                        {"Content-Range": f"bytes */{size}", **headers},
+                    ) from None
+                raise c.bad(
+                    400, f"malformed Range header {rng!r}: expected 'bytes=START-[END]' or 'bytes=-N'"
+                ) from None
             if parsed is not None:
                 start, end = parsed
                 status = 206
@@ -266,8 +306,9 @@ def add_bundle_routes(app: Any, c: Checks) -> None:
             fh = open(path, "rb")  # noqa: SIM115 - closed by _file_chunks
         except FileNotFoundError:
             raise c.bad(410, f"bundle {bundle_id} is registered but its archive is missing on the server") from None
-        return StreamingResponse(_file_chunks(fh, start, length), status_code=status, headers=headers,
-                                 media_type="application/x-tar")
+        return StreamingResponse(
+            _file_chunks(fh, start, length), status_code=status, headers=headers, media_type="application/x-tar"
+        )
 
     @app.post("/v1/bundles", status_code=201)
     async def publish_bundle(request: Request, channel: str = Query(...), target: str | None = None) -> Response:
@@ -284,8 +325,10 @@ def add_bundle_routes(app: Any, c: Checks) -> None:
             if not declared.isdigit():
                 raise c.bad(400, f"invalid Content-Length {declared!r}")
             if int(declared) > c.cfg.max_bundle_bytes:
-                raise c.bad(413, f"bundle of {int(declared)} bytes exceeds this registry's limit of "
-                               f"{c.cfg.max_bundle_bytes} bytes")
+                raise c.bad(
+                    413,
+                    f"bundle of {int(declared)} bytes exceeds this registry's limit of {c.cfg.max_bundle_bytes} bytes",
+                )
         tmp = c.store.incoming / f"{uuid.uuid4().hex}.part"
         h = hashlib.sha256()
         n = 0
@@ -312,8 +355,9 @@ def add_bundle_routes(app: Any, c: Checks) -> None:
         status, body = result
         return JSONResponse(body, status_code=status)
 
-    def _accept(tmp: Path, digest: str, size: int, channel: str, target: str | None,
-                pointer: tuple[str | None, str | None]) -> tuple[int, dict]:
+    def _accept(
+        tmp: Path, digest: str, size: int, channel: str, target: str | None, pointer: tuple[str | None, str | None]
+    ) -> tuple[int, dict]:
         try:
             manifest = _verify_upload(tmp, c.keys)
         except BundleError as exc:
@@ -334,18 +378,29 @@ def add_bundle_routes(app: Any, c: Checks) -> None:
             if created:
                 os.replace(tmp, dest)
                 fsync_dir(c.store.blobs)
-                con.execute("INSERT OR REPLACE INTO bundles VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            (bundle_id, manifest.target, str(manifest.get("created_at", "")), now, size, digest,
-                             manifest.key_id, raw))
+                con.execute(
+                    "INSERT OR REPLACE INTO bundles VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        bundle_id,
+                        manifest.target,
+                        str(manifest.get("created_at", "")),
+                        now,
+                        size,
+                        digest,
+                        manifest.key_id,
+                        raw,
+                    ),
+                )
             last = c.store.latest(con, manifest.target, channel)
             if last is None or last["bundle_id"] != bundle_id or signed is not None:
-                con.execute("INSERT INTO releases (target, channel, bundle_id, at, how, pointer, pointer_sig, "
-                            "pointer_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            (manifest.target, channel, bundle_id, now, "publish", *(signed or (None, None, None))))
+                con.execute(
+                    "INSERT INTO releases (target, channel, bundle_id, at, how, pointer, pointer_sig, "
+                    "pointer_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (manifest.target, channel, bundle_id, now, "publish", *(signed or (None, None, None))),
+                )
             body = _describe(c.store, con, c.store.bundle_row(con, bundle_id))
         body["created"] = created
         return (201 if created else 200), body
-
 
 
 class Promote(BaseModel):
@@ -357,6 +412,7 @@ class Promote(BaseModel):
 
 def add_channel_routes(app: Any, c: Checks) -> None:
     """``/v1/targets/{target}/channels/{channel}``: the newest release (what devices poll), point a channel."""
+
     @app.get("/v1/targets/{target}/channels/{channel}")
     def channel_latest(target: str, channel: str) -> dict:
         c.check_name("target", target)
@@ -383,13 +439,14 @@ def add_channel_routes(app: Any, c: Checks) -> None:
             if row["target"] != target:
                 raise c.bad(409, f"bundle {body.bundle} is for target {row['target']!r}, not {target!r}")
             signed = c.check_pointer(con, target, channel, body.bundle, body.pointer, body.signature)
-            con.execute("INSERT INTO releases (target, channel, bundle_id, at, how, pointer, pointer_sig, "
-                        "pointer_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (target, channel, body.bundle, _now(), "set", *(signed or (None, None, None))))
+            con.execute(
+                "INSERT INTO releases (target, channel, bundle_id, at, how, pointer, pointer_sig, "
+                "pointer_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (target, channel, body.bundle, _now(), "set", *(signed or (None, None, None))),
+            )
             out = _describe(c.store, con, row)
         out["channel"] = channel
         return out
-
 
 
 class Checkin(BaseModel):
@@ -403,6 +460,7 @@ class Checkin(BaseModel):
 
 def add_device_routes(app: Any, c: Checks) -> None:
     """``/v1/devices``: check-ins, enrolment and withdrawal of device tokens, the list of devices."""
+
     @app.post("/v1/devices/{device_id}/checkin", status_code=201)
     def checkin(device_id: str, request: Request, body: Checkin = Body(...)) -> dict:
         c.check_device_id(device_id)
@@ -417,10 +475,11 @@ def add_device_routes(app: Any, c: Checks) -> None:
                 raise c.bad(404, f"no bundle {body.bundle} in this registry")
             at = _now()
             peer = request.client.host if request.client else ""
-            con.execute("INSERT INTO checkins (device_id, target, channel, bundle_id, status, detail, at, peer, "
-                        "enrolled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (device_id, body.target, body.channel, body.bundle, body.status, body.detail, at, peer,
-                         int(enrolled)))
+            con.execute(
+                "INSERT INTO checkins (device_id, target, channel, bundle_id, status, detail, at, peer, "
+                "enrolled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (device_id, body.target, body.channel, body.bundle, body.status, body.detail, at, peer, int(enrolled)),
+            )
         return {"device_id": device_id, "recorded_at": at, "enrolled": enrolled}
 
     @app.post("/v1/devices/{device_id}/token", status_code=201)
@@ -430,8 +489,10 @@ def add_device_routes(app: Any, c: Checks) -> None:
         token = secrets.token_urlsafe(32)
         at = _now()
         with c.store.connect() as con:
-            con.execute("INSERT OR REPLACE INTO device_tokens (device_id, token_sha256, enrolled_at) VALUES (?, ?, ?)",
-                        (device_id, hashlib.sha256(token.encode()).hexdigest(), at))
+            con.execute(
+                "INSERT OR REPLACE INTO device_tokens (device_id, token_sha256, enrolled_at) VALUES (?, ?, ?)",
+                (device_id, hashlib.sha256(token.encode()).hexdigest(), at),
+            )
         return {"device_id": device_id, "token": token, "enrolled_at": at}
 
     @app.delete("/v1/devices/{device_id}/token")
@@ -450,9 +511,20 @@ def add_device_routes(app: Any, c: Checks) -> None:
         with c.store.connect() as con:
             rows = con.execute(
                 "SELECT c.* FROM checkins c JOIN (SELECT device_id, MAX(seq) AS seq FROM checkins GROUP BY device_id) m "
-                "ON c.seq = m.seq ORDER BY c.device_id").fetchall()
-        return {"devices": [{"device_id": r["device_id"], "target": r["target"], "channel": r["channel"],
-                             "bundle": r["bundle_id"], "status": r["status"], "detail": r["detail"], "at": r["at"],
-                             "enrolled": bool(r["enrolled"])}
-                            for r in rows]}
-
+                "ON c.seq = m.seq ORDER BY c.device_id"
+            ).fetchall()
+        return {
+            "devices": [
+                {
+                    "device_id": r["device_id"],
+                    "target": r["target"],
+                    "channel": r["channel"],
+                    "bundle": r["bundle_id"],
+                    "status": r["status"],
+                    "detail": r["detail"],
+                    "at": r["at"],
+                    "enrolled": bool(r["enrolled"]),
+                }
+                for r in rows
+            ]
+        }

@@ -34,8 +34,13 @@ def spoken(tmp_path_factory):
 
 
 def _cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgekws.cli", *args], capture_output=True, input=stdin,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200"), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "edgekws.cli", *args],
+        capture_output=True,
+        input=stdin,
+        env=dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200"),
+        timeout=300,
+    )
 
 
 def test_spotter_runs_the_recommended_graph_and_finds_the_words(bundle, spoken, tmp_path):
@@ -47,13 +52,23 @@ def test_spotter_runs_the_recommended_graph_and_finds_the_words(bundle, spoken, 
         assert spotter.classes == tuple(open_bundle(bundle, pub).classes) and spotter.sample_rate == 16000
         found = []
         for i in range(0, len(y), 1234):  # any block size
-            found += spotter.feed(y[i: i + 1234])
+            found += spotter.feed(y[i : i + 1234])
     assert [d.keyword for d in found] == [w for w, _, _ in spans]
     with pytest.raises(RuntimeError, match="closed"):
         spotter.feed(y[:100])
     # the same detections as `edgekws listen --wav --json`, which runs the same object
-    res = _cli("listen", "--bundle", str(bundle), "--public-key", str(pub), "--wav", str(wav), "--json",
-               "--state", str(tmp_path / "state"))
+    res = _cli(
+        "listen",
+        "--bundle",
+        str(bundle),
+        "--public-key",
+        str(pub),
+        "--wav",
+        str(wav),
+        "--json",
+        "--state",
+        str(tmp_path / "state"),
+    )
     assert res.returncode == 0, res.stderr.decode()
     lines = [json.loads(ln) for ln in res.stdout.decode().splitlines()]
     assert lines == [d.to_dict() for d in found]
@@ -135,7 +150,7 @@ def test_collect_reads_a_file_in_blocks_and_cuts_the_clips_of_the_whole_recordin
 
     wav, y, spans = spoken
     model = DeviceModel(open_bundle(bundle, bundle_public_key(bundle)), fmt="onnx", precision="fp32")
-    blocks = lambda: (y[i: i + 777] for i in range(0, len(y), 777))  # noqa: E731
+    blocks = lambda: (y[i : i + 777] for i in range(0, len(y), 777))  # noqa: E731
     with LabelStore(tmp_path / "a.sqlite") as a, LabelStore(tmp_path / "b.sqlite") as b:
         ra = collect(model, wav, a, tmp_path / "ca", k=2)
         rb = collect(model, blocks, b, tmp_path / "cb", k=2)
@@ -158,21 +173,21 @@ def test_streaming_segmenter_equals_the_offline_one_for_any_block_size():
     while pos < len(y) - 40000:  # bursts from 60 ms to 2.5 s: single windows and tiled long segments
         pos += int(rng.integers(4000, 40000))
         n = int(rng.integers(1000, 40000))
-        y[pos: pos + n] += (rng.standard_normal(min(n, len(y) - pos)) * 0.2).astype(np.float32)
+        y[pos : pos + n] += (rng.standard_normal(min(n, len(y) - pos)) * 0.2).astype(np.float32)
         pos += n
     for cfg in (VADConfig(), VADConfig("spectral")):
         segs = segment(y, 16000, cfg)
         wins = clip_windows(y, segs, 16000)
         assert len(segs) > 5 and len(wins) > len(segs) // 2
         for step in (320, 4321, 99991):
-            floor = noise_floor((y[i: i + step] for i in range(0, len(y), step)), 16000, cfg)
+            floor = noise_floor((y[i : i + step] for i in range(0, len(y), step)), 16000, cfg)
             cut = Segmenter(floor, 16000, 16000, cfg)
-            got = [w for i in range(0, len(y), step) for w in cut.push(y[i: i + step])] + cut.finish()
+            got = [w for i in range(0, len(y), step) for w in cut.push(y[i : i + step])] + cut.finish()
             assert cut.segments == segs
             assert [(a, b) for a, b, _ in got] == wins
             for a, b, clip in got:
                 want = np.zeros(16000, np.float32)
-                want[: min(b, len(y)) - a] = y[a: min(b, len(y))]
+                want[: min(b, len(y)) - a] = y[a : min(b, len(y))]
                 np.testing.assert_array_equal(clip, want)
             assert len(cut._buf) < 4 * 16000  # a few seconds kept, not the recording
     levels = rng.normal(-40, 10, 10001)
@@ -196,21 +211,39 @@ def test_listen_reports_lost_microphone_audio(bundle, monkeypatch, capsys):
                 yield np.zeros(1600, np.float32)
 
     monkeypatch.setattr(stream, "open_source", lambda **kw: Lossy())
-    listen_main(["--bundle", str(bundle), "--public-key", str(bundle_public_key(bundle)), "--json",
-                 "--bundle-only"])
+    listen_main(["--bundle", str(bundle), "--public-key", str(bundle_public_key(bundle)), "--json", "--bundle-only"])
     lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
     assert lines == [{"event": "overflow", "time": pytest.approx(3.1), "overflows": 1, "dropped_s": 0.02}]
 
 
 def test_listen_path_imports_only_what_it_needs(bundle, spoken):
     wav, _, _ = spoken
-    code = ("import sys\nfrom edgekws.cli import main\nmain(sys.argv[1:])\n"
-            "print(sorted(m for m in ('typer', 'click', 'pydantic', 'rich', 'torch', 'ai_edge_litert') "
-            "if m in sys.modules), file=sys.stderr)")
-    res = subprocess.run([sys.executable, "-c", code, "listen", "--bundle", str(bundle), "--public-key",
-                          str(bundle_public_key(bundle)), "--wav", str(wav), "--json", "--bundle-only",
-                          "--no-calibrate"], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    code = (
+        "import sys\nfrom edgekws.cli import main\nmain(sys.argv[1:])\n"
+        "print(sorted(m for m in ('typer', 'click', 'pydantic', 'rich', 'torch', 'ai_edge_litert') "
+        "if m in sys.modules), file=sys.stderr)"
+    )
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "listen",
+            "--bundle",
+            str(bundle),
+            "--public-key",
+            str(bundle_public_key(bundle)),
+            "--wav",
+            str(wav),
+            "--json",
+            "--bundle-only",
+            "--no-calibrate",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert res.returncode == 0, res.stderr
     assert res.stderr.strip().splitlines()[-1] == "[]"
 

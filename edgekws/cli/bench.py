@@ -27,8 +27,10 @@ def load_bench() -> Any:
 
     path = _BENCHMARKS / "bench.py"
     if not path.is_file():
-        _fail(f"edgekws bench runs the benchmarks of a source checkout ({path} not found): clone the repository "
-              "and install it with pip install -e .")
+        _fail(
+            f"edgekws bench runs the benchmarks of a source checkout ({path} not found): clone the repository "
+            "and install it with pip install -e ."
+        )
     sys.path.insert(0, str(_BENCHMARKS))
     spec = importlib.util.spec_from_file_location("bench", path)
     assert spec is not None and spec.loader is not None
@@ -43,19 +45,21 @@ def register(app: typer.Typer) -> None:
     app.command("bench")(bench)
 
 
-
-
 def bench(
     quick: bool = typer.Option(False, "--quick", help="a small subset: CNN-4 and DS-CNN, one thread, short runs"),
-    target: str | None = typer.Option(None, "--target", help="limit threads and CPU affinity to a target "
-                                         "profile (rpi: one thread pinned to one core)"),
-    gsc: Path | None = typer.Option(None, "--gsc", help="Speech Commands folder (real test clips; default "
-                                    "$EDGEKWS_GSC_DIR, else ../shared/data/gsc-dev beside the checkout)"),
+    target: str | None = typer.Option(
+        None, "--target", help="limit threads and CPU affinity to a target profile (rpi: one thread pinned to one core)"
+    ),
+    gsc: Path | None = typer.Option(
+        None,
+        "--gsc",
+        help="Speech Commands folder (real test clips; default "
+        "$EDGEKWS_GSC_DIR, else ../shared/data/gsc-dev beside the checkout)",
+    ),
     runs: Path = typer.Option(Path("runs"), "--runs", help="folder of checkpoints and exported bundles"),
     out: Path = typer.Option(Path("benchmarks/results"), "--out", help="where the report goes"),
     name: str | None = typer.Option(None, "--name", help="report name (default bench[_TARGET][_quick])"),
-    only: str | None = typer.Option(None, "--only", help="comma-separated sections: device,stream,finetune,"
-                                       "distill"),
+    only: str | None = typer.Option(None, "--only", help="comma-separated sections: device,stream,finetune,distill"),
     as_json: bool = typer.Option(False, "--json", help="print the headline figures as JSON on stdout"),
 ) -> None:
     """Benchmark device inference, streaming, on-device fine-tune and distillation; write a report."""
@@ -81,14 +85,14 @@ def bench(
             console().print(f"[yellow]  failed:[/] {ev['row']['error']}", highlight=False)
 
     try:
-        plan = gsc_plan(gsc, runs, out, name=name, quick=quick, target=target, sections=sections,
-                        progress=progress)
+        plan = gsc_plan(gsc, runs, out, name=name, quick=quick, target=target, sections=sections, progress=progress)
         report = b.run_bench(plan, progress)
     except BenchError as exc:
         _fail(str(exc))
     files = [f"{report['name']}.json", f"{report['name']}.md", *report.get("charts", [])]
-    console().print(f"wrote {', '.join(str(out / f) for f in files)} in {report['wall_s'] / 60:.1f} min",
-                  highlight=False)
+    console().print(
+        f"wrote {', '.join(str(out / f) for f in files)} in {report['wall_s'] / 60:.1f} min", highlight=False
+    )
     if as_json:
         print(json.dumps(report["headline"], default=str))
     else:

@@ -62,10 +62,38 @@ def thresholds(text: str | None) -> dict[str, float]:
     return out
 
 
-_NOISY_ROOTS = {"torch", "onnxscript", "onnx_ir", "onnxruntime", "litert_torch", "ai_edge_litert", "jax", "absl",
-                "tensorflow", "numba", "urllib3", "matplotlib", "onnx"}
-_NOISY = ("torch", "torch.onnx", "torch._dynamo", "torch._export", "onnxscript", "onnx_ir", "onnxruntime",
-          "litert_torch", "ai_edge_litert", "jax", "absl", "tensorflow", "numba", "urllib3", "matplotlib")
+_NOISY_ROOTS = {
+    "torch",
+    "onnxscript",
+    "onnx_ir",
+    "onnxruntime",
+    "litert_torch",
+    "ai_edge_litert",
+    "jax",
+    "absl",
+    "tensorflow",
+    "numba",
+    "urllib3",
+    "matplotlib",
+    "onnx",
+}
+_NOISY = (
+    "torch",
+    "torch.onnx",
+    "torch._dynamo",
+    "torch._export",
+    "onnxscript",
+    "onnx_ir",
+    "onnxruntime",
+    "litert_torch",
+    "ai_edge_litert",
+    "jax",
+    "absl",
+    "tensorflow",
+    "numba",
+    "urllib3",
+    "matplotlib",
+)
 
 
 _QUIET = {"on": False}
@@ -136,9 +164,13 @@ def _describe(ev: dict[str, Any]) -> tuple[str, int | None, int | None, str]:
     if kind == "experiment":
         return "cases", ev["done"], ev["total"], str(ev.get("case", ""))
     if kind == "al_round":
-        return ("active learning", ev["round"] + 1, ev["rounds"],
-                f"{ev['strategy']} seed {ev['seed']}: {ev['labelled']} labelled ({100 * ev['fraction']:.1f} %) -> "
-                f"{100 * ev['test_accuracy']:.1f} %")
+        return (
+            "active learning",
+            ev["round"] + 1,
+            ev["rounds"],
+            f"{ev['strategy']} seed {ev['seed']}: {ev['labelled']} labelled ({100 * ev['fraction']:.1f} %) -> "
+            f"{100 * ev['test_accuracy']:.1f} %",
+        )
     if kind == "al_epoch":
         return "train", ev["epoch"] + 1, ev["epochs"], f"{ev['strategy']} round {ev['round']}"
     if kind == "rfad_features":
@@ -196,9 +228,16 @@ class _RichProgress:
             TimeRemainingColumn,
         )
 
-        self.prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                             console=console(), transient=False)
+        self.prog = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console(),
+            transient=False,
+        )
         self.prog.__enter__()
         self.tasks: dict[str, Any] = {}
         self.stage = "train"

@@ -28,8 +28,6 @@ def escape(text: str) -> str:
 _KEY_HELP = "signer's public key (PEM file or key folder); default $EDGEKWS_HOME/keys/signing.pub"
 
 
-
-
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -67,18 +65,25 @@ def print_tls_help(files, url_path: str, port: int, host: str) -> None:
     from edgekws.server.tls import lan_addresses
 
     made = "made" if files.created else "reused"
-    console().print(f"HTTPS with a self-signed certificate ({made}: {files.cert}); its certificate authority is "
-                  f"{files.ca} (SHA-256 {files.ca_sha256[:32]}…; Python clients such as deploy trust it with "
-                  f"SSL_CERT_FILE={files.ca})", highlight=False)
+    console().print(
+        f"HTTPS with a self-signed certificate ({made}: {files.cert}); its certificate authority is "
+        f"{files.ca} (SHA-256 {files.ca_sha256[:32]}…; Python clients such as deploy trust it with "
+        f"SSL_CERT_FILE={files.ca})",
+        highlight=False,
+    )
     if _loopback(host):
         console().print(f"  listening on {host} only: a phone cannot reach it (use --host 0.0.0.0)", highlight=False)
         return
     for a in lan_addresses() or ["<this machine's address>"]:
         host = f"[{a}]" if ":" in a else a
         console().print(escape(f"  on a phone on the same network: https://{host}:{port}{url_path}"), highlight=False)
-    console().print(escape("  the browser warns about the certificate until the phone trusts the CA: install "
-                         f"https://<address>:{port}/demo/ca.crt (see the README, 'Try it on a phone')"),
-                  highlight=False)
+    console().print(
+        escape(
+            "  the browser warns about the certificate until the phone trusts the CA: install "
+            f"https://<address>:{port}/demo/ca.crt (see the README, 'Try it on a phone')"
+        ),
+        highlight=False,
+    )
 
 
 def demo(
@@ -86,18 +91,30 @@ def demo(
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: reachable from a phone)"),
     port: int = typer.Option(8720, "--port", min=0, max=65535, help="port (0: any free port)"),
     public_key: Optional[Path] = typer.Option(None, "--public-key", help=_KEY_HELP),
-    embedded_key: bool = typer.Option(False, "--embedded-key", help="the page checks the signature against the key "
-                                      "inside the manifest (integrity, not who signed it)"),
-    tls: Optional[bool] = typer.Option(None, "--tls/--no-tls", help="HTTPS with a self-signed certificate made on "
-                                       "first run (default: on when --host is not a loopback address)"),
+    embedded_key: bool = typer.Option(
+        False,
+        "--embedded-key",
+        help="the page checks the signature against the key inside the manifest (integrity, not who signed it)",
+    ),
+    tls: Optional[bool] = typer.Option(
+        None,
+        "--tls/--no-tls",
+        help="HTTPS with a self-signed certificate made on "
+        "first run (default: on when --host is not a loopback address)",
+    ),
     tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="certificate chain (PEM) to serve HTTPS with"),
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="its private key (PEM)"),
     threshold: float = typer.Option(0.6, "--threshold", min=0.0, max=1.0, help="default posterior threshold"),
     thresholds: Optional[str] = typer.Option(None, "--thresholds", help="per keyword, e.g. 'yes=0.7,stop=0.5'"),
-    features: str = typer.Option("js", "--features", help="MFCC bundles: js (MFCC in JavaScript) or graph (the "
-                                 "bundle's waveform-in ONNX graph, where it carries one)"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="onnxruntime-web threads in the page "
-                                          "(default: the bundle's recommendation)"),
+    features: str = typer.Option(
+        "js",
+        "--features",
+        help="MFCC bundles: js (MFCC in JavaScript) or graph (the "
+        "bundle's waveform-in ONNX graph, where it carries one)",
+    ),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, help="onnxruntime-web threads in the page (default: the bundle's recommendation)"
+    ),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level (info logs every request)"),
 ) -> None:
     """Serve a page that runs BUNDLE in the browser: microphone, level, top scores, detections (like `listen`)."""
@@ -124,14 +141,17 @@ def demo(
     if unknown:
         _fail(f"--thresholds names unknown keywords {sorted(unknown)}; the bundle knows {list(source.info.classes)}")
     if features == "graph" and not source.manifest.get("mfcc_graph"):
-        _fail("--features graph: this bundle carries no waveform-in MFCC graph (phone bundles of the MFCC backbone "
-              "do); use --features js")
+        _fail(
+            "--features graph: this bundle carries no waveform-in MFCC graph (phone bundles of the MFCC backbone "
+            "do); use --features js"
+        )
     served_tls, files = resolve_tls(host, tls, tls_cert, tls_key)
     try:
         web = find_web_dir()
         runtime_assets(web)
-        cfg = DemoConfig(detector=det, features=features, threads=threads,
-                         ca_cert=files.ca if files is not None else None)
+        cfg = DemoConfig(
+            detector=det, features=features, threads=threads, ca_cert=files.ca if files is not None else None
+        )
         app = create_demo_app(source, cfg)
         config = demo_config(app, source.ref.target)
     except DemoError as exc:
@@ -147,16 +167,23 @@ def demo(
     url = _url(sock, tls=served_tls is not None)
     if host in ("0.0.0.0", "::"):  # the wildcard address is not a place to browse to
         url = url.replace("[::]", "localhost").replace("0.0.0.0", "localhost")
-    signer = ("the key inside the manifest (integrity only)" if embedded_key
-              else f"pinned key {source.keys[0]['key_id'][:16]}…")
-    console().print(f"bundle {source.id} (target {target}, {', '.join(source.info.classes)}); the page checks it "
-                  f"against {signer}; classifier {plan['classifier']}, temperature {plan['temperature']:.3g}",
-                  highlight=False)
+    signer = (
+        "the key inside the manifest (integrity only)"
+        if embedded_key
+        else f"pinned key {source.keys[0]['key_id'][:16]}…"
+    )
+    console().print(
+        f"bundle {source.id} (target {target}, {', '.join(source.info.classes)}); the page checks it "
+        f"against {signer}; classifier {plan['classifier']}, temperature {plan['temperature']:.3g}",
+        highlight=False,
+    )
     if files is not None:
         print_tls_help(files, f"/demo/{target}", sock.getsockname()[1], host)
     elif not _loopback(host):
-        console().print("[yellow]plain HTTP beyond this machine: a phone's browser will not give the page the "
-                      "microphone; use --tls or --tls-cert/--tls-key[/]")
+        console().print(
+            "[yellow]plain HTTP beyond this machine: a phone's browser will not give the page the "
+            "microphone; use --tls or --tls-cert/--tls-key[/]"
+        )
     console().print(escape(f"open {url}/demo/{target}  (Ctrl-C stops)"), highlight=False)
     sys.stdout.write(f"{url}/demo/{target}\n")
     sys.stdout.flush()

@@ -25,10 +25,13 @@ _EMBEDDED_HELP = "check integrity against the key inside the manifest (does not 
 
 def register(app: typer.Typer) -> None:
     """Add ``listen`` and the ``device`` group to the main app."""
-    app.command("listen", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
-                                            "help_option_names": []},
-                help="Live keyword spotting from the microphone, a WAV file (--wav) or stdin "
-                     "(edgekws listen --help lists the options).", add_help_option=False)(_listen_shell)
+    app.command(
+        "listen",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+        help="Live keyword spotting from the microphone, a WAV file (--wav) or stdin "
+        "(edgekws listen --help lists the options).",
+        add_help_option=False,
+    )(_listen_shell)
     app.add_typer(device_app, name="device")
 
 
@@ -80,8 +83,16 @@ def collect_cmd(
     except ValueError as exc:
         _fail(str(exc))
     try:  # the embedding graph `device finetune` uses too (the stored embeddings train its head)
-        spotter = Spotter.open(bundle, public_key=public_key, trust_embedded_key=embedded_key, state=state,
-                               fmt=fmt, precision="fp32", threads=1, check_every_s=None)
+        spotter = Spotter.open(
+            bundle,
+            public_key=public_key,
+            trust_embedded_key=embedded_key,
+            state=state,
+            fmt=fmt,
+            precision="fp32",
+            threads=1,
+            check_every_s=None,
+        )
     except DeviceModelError as exc:
         _fail(str(exc))
     model = spotter.model
@@ -101,14 +112,24 @@ def collect_cmd(
                 console().print(f"recording {seconds:.0f} s from {src.name}…")
                 record(src, dest)
                 if src.overflows:
-                    console().print(f"[yellow]microphone audio lost {src.overflows} time(s) "
-                                    f"({getattr(src, 'dropped_seconds', 0.0):.2f} s known)[/]")
+                    console().print(
+                        f"[yellow]microphone audio lost {src.overflows} time(s) "
+                        f"({getattr(src, 'dropped_seconds', 0.0):.2f} s known)[/]"
+                    )
             recordings.append(dest)
         total: dict[str, Any] = {"segments": 0, "clips": 0, "requested": []}
         with LabelStore(sd / "labels.sqlite") as store:
             for i, path in enumerate(recordings):
-                r = collect(model, path, store, sd / "clips", source=str(path),
-                            k=k if i == len(recordings) - 1 else 0, method=method, vad=vcfg)
+                r = collect(
+                    model,
+                    path,
+                    store,
+                    sd / "clips",
+                    source=str(path),
+                    k=k if i == len(recordings) - 1 else 0,
+                    method=method,
+                    vad=vcfg,
+                )
                 total["segments"] += r["segments"]
                 total["clips"] += r["clips"]
                 total["requested"] += r["requested"]
@@ -117,10 +138,15 @@ def collect_cmd(
         _fail(str(exc))
     finally:
         spotter.close()
-    console().print(f"{total['segments']} segment(s), {total['clips']} clip(s) stored; "
-                    f"{len(total['requested'])} new label request(s), {pending} pending. State: {sd}")
-    again = f"--bundle {bundle}" + (f" --public-key {public_key}" if public_key else "") + \
-        (f" --state {state}" if state else "")
+    console().print(
+        f"{total['segments']} segment(s), {total['clips']} clip(s) stored; "
+        f"{len(total['requested'])} new label request(s), {pending} pending. State: {sd}"
+    )
+    again = (
+        f"--bundle {bundle}"
+        + (f" --public-key {public_key}" if public_key else "")
+        + (f" --state {state}" if state else "")
+    )
     console().print(f"next: edgekws device label {again} [--web]")
 
 
@@ -162,14 +188,17 @@ def label_cmd(
             console().print("no pending label requests; run `edgekws device collect` first")
             return
         try:
-            res = label_terminal(store, classes, info.feature_config, ask=lambda q: typer.prompt(q, default="",
-                                                                                               show_default=False))
+            res = label_terminal(
+                store, classes, info.feature_config, ask=lambda q: typer.prompt(q, default="", show_default=False)
+            )
         except (KeyboardInterrupt, typer.Abort):
             console().print("\nstopped; every answer so far is saved")
             return
         counts = store.counts()
-    console().print(f"labelled {res['labeled']}, skipped {res['skipped']}, new classes {res['new_classes']}; "
-                  f"labels so far: {counts}")
+    console().print(
+        f"labelled {res['labeled']}, skipped {res['skipped']}, new classes {res['new_classes']}; "
+        f"labels so far: {counts}"
+    )
 
 
 @device_app.command("finetune")
@@ -198,19 +227,23 @@ def finetune_cmd(
         model = DeviceModel(info, fmt=fmt, precision="fp32", state=None)
         with LabelStore(sd / "labels.sqlite") as store:
             if not store.labeled() and not allow_no_labels:
-                _fail("no labelled clips yet: run `edgekws device collect` and `edgekws device label` first "
-                      "(retraining on the coreset alone made the shipped head worse in our measurements; "
-                      "--allow-no-labels does it anyway)")
+                _fail(
+                    "no labelled clips yet: run `edgekws device collect` and `edgekws device label` first "
+                    "(retraining on the coreset alone made the shipped head worse in our measurements; "
+                    "--allow-no-labels does it anyway)"
+                )
             rep = finetune(model, store, sd, cfg)
     except (ValueError, DeviceModelError) as exc:
         _fail(str(exc))
     if as_json:
         sys.stdout.write(json.dumps(rep) + "\n")
         return
-    console().print(f"version {rep['version']}: {len(rep['classes'])} classes"
-                  + (f" (new: {', '.join(rep['new_classes'])})" if rep["new_classes"] else "")
-                  + f", {rep['n_coreset']} coreset + {rep['n_labeled']} labelled, train accuracy "
-                  f"{100 * rep['train_accuracy']:.1f} %, {rep['seconds']:.2f} s. `edgekws listen` uses it now.")
+    console().print(
+        f"version {rep['version']}: {len(rep['classes'])} classes"
+        + (f" (new: {', '.join(rep['new_classes'])})" if rep["new_classes"] else "")
+        + f", {rep['n_coreset']} coreset + {rep['n_labeled']} labelled, train accuracy "
+        f"{100 * rep['train_accuracy']:.1f} %, {rep['seconds']:.2f} s. `edgekws listen` uses it now."
+    )
 
 
 @device_app.command("versions")
@@ -240,7 +273,8 @@ def versions_cmd(
     for v in vs:
         meta = json.loads((sd / "models" / v / "meta.json").read_text())
         mark = "*" if v == cur else " "
-        sys.stdout.write(f"{mark} {v}  classes={len(meta['classes'])}  labeled={meta['n_labeled']}  "
-                         f"coreset={meta['n_coreset']}\n")
+        sys.stdout.write(
+            f"{mark} {v}  classes={len(meta['classes'])}  labeled={meta['n_labeled']}  coreset={meta['n_coreset']}\n"
+        )
     if cur is None:
         sys.stdout.write("* bundle head (no local version active)\n")

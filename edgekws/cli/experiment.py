@@ -26,8 +26,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(experiment_app, name="experiment")
 
 
-
-
 def _csv(text: Optional[str], kind: type, what: str) -> Optional[tuple]:
     if text is None:
         return None
@@ -42,45 +40,70 @@ def _csv(text: Optional[str], kind: type, what: str) -> Optional[tuple]:
 
 @experiment_app.command("tables")
 def tables(
-    dataset: str = typer.Option(..., "--dataset", help="gsc | us8k | esc50 | esc10 (synthetic: the embedded "
-                                 "keywords); without --data-dir a real dataset is downloaded into the cache"),
+    dataset: str = typer.Option(
+        ...,
+        "--dataset",
+        help="gsc | us8k | esc50 | esc10 (synthetic: the embedded "
+        "keywords); without --data-dir a real dataset is downloaded into the cache",
+    ),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="dataset folder"),
     model: str = typer.Option("cnn4", "--model", help="cnn4 | resnet18"),
-    folds: Optional[str] = typer.Option(None, "--folds", help="test folds of us8k/esc50, e.g. 1,2,3 (default: all "
-                                        "5; --quick: 1,2)"),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="seeds, e.g. 0,1,2 (default 0,1,2 for gsc, 0 for "
-                                        "cross-validation; --quick: 0,1 / 0)"),
+    folds: Optional[str] = typer.Option(
+        None, "--folds", help="test folds of us8k/esc50, e.g. 1,2,3 (default: all 5; --quick: 1,2)"
+    ),
+    seeds: Optional[str] = typer.Option(
+        None, "--seeds", help="seeds, e.g. 0,1,2 (default 0,1,2 for gsc, 0 for cross-validation; --quick: 0,1 / 0)"
+    ),
     quick: bool = typer.Option(False, "--quick", help="a small version that runs in minutes on 2 CPU cores"),
-    strategies: Optional[str] = typer.Option(None, "--strategies", help="subset of random,entropy,"
-                                             "variation_ratios,bald"),
-    per_class: Optional[str] = typer.Option(None, "--per-class", help="coreset sizes / AL budgets per class "
-                                            "(default 20,30,50; --quick: 20,50)"),
-    fractions: Optional[str] = typer.Option(None, "--fractions", help="AL budgets as pool fractions (default "
-                                            "0.1,...,0.6; --quick: none)"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="epochs of every net (default 30; "
-                                         "--quick: 8)"),
+    strategies: Optional[str] = typer.Option(
+        None, "--strategies", help="subset of random,entropy,variation_ratios,bald"
+    ),
+    per_class: Optional[str] = typer.Option(
+        None, "--per-class", help="coreset sizes / AL budgets per class (default 20,30,50; --quick: 20,50)"
+    ),
+    fractions: Optional[str] = typer.Option(
+        None, "--fractions", help="AL budgets as pool fractions (default 0.1,...,0.6; --quick: none)"
+    ),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="epochs of every net (default 30; --quick: 8)"),
     min_steps: Optional[int] = typer.Option(None, "--min-steps", min=1, help="minimum steps per epoch"),
     mc_passes: Optional[int] = typer.Option(None, "--mc-passes", min=1, help="MC-dropout passes (default 20)"),
-    seed_per_class: Optional[int] = typer.Option(None, "--seed-per-class", min=1, help="AL seed set per class "
-                                                 "(default 10)"),
-    max_batch: Optional[int] = typer.Option(None, "--max-batch", min=0, help="most samples acquired per round "
-                                            "(0: straight to the next budget)"),
-    rfad_steps: Optional[int] = typer.Option(None, "--rfad-steps", min=1, help="distillation steps (default 50; "
-                                             "--quick: 10)"),
-    full_data: Optional[bool] = typer.Option(None, "--full-data/--no-full-data", help="also train on the whole "
-                                             "pool with the same recipe (default on; --quick: off)"),
-    coresets: Optional[list[Path]] = typer.Option(None, "--coresets", help="folder(s) of finished coresets "
-                                                  "coreset[_f<fold>]_pc<P>_s<S>.npz to reuse when their features "
-                                                  "and split match"),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="a full-data baselines JSON to show beside "
-                                             "ours (e.g. benchmarks/results/baselines_gsc_cnn4.json)"),
+    seed_per_class: Optional[int] = typer.Option(
+        None, "--seed-per-class", min=1, help="AL seed set per class (default 10)"
+    ),
+    max_batch: Optional[int] = typer.Option(
+        None, "--max-batch", min=0, help="most samples acquired per round (0: straight to the next budget)"
+    ),
+    rfad_steps: Optional[int] = typer.Option(
+        None, "--rfad-steps", min=1, help="distillation steps (default 50; --quick: 10)"
+    ),
+    full_data: Optional[bool] = typer.Option(
+        None,
+        "--full-data/--no-full-data",
+        help="also train on the whole pool with the same recipe (default on; --quick: off)",
+    ),
+    coresets: Optional[list[Path]] = typer.Option(
+        None,
+        "--coresets",
+        help="folder(s) of finished coresets "
+        "coreset[_f<fold>]_pc<P>_s<S>.npz to reuse when their features "
+        "and split match",
+    ),
+    reference: Optional[Path] = typer.Option(
+        None,
+        "--reference",
+        help="a full-data baselines JSON to show beside ours (e.g. benchmarks/results/baselines_gsc_cnn4.json)",
+    ),
     keywords: Optional[str] = typer.Option(None, "--keywords", help="speech datasets: keywords"),
     synthetic_per_class: int = typer.Option(300, "--synthetic-per-class", min=4, help="synthetic: clips per keyword"),
     out: Path = typer.Option(Path("benchmarks/results"), "--out", help="folder for <name>.md/.json/.png"),
     name: Optional[str] = typer.Option(None, "--name", help="report name (default al_<dataset>_<model>)"),
-    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="finished cases, AL state and coresets "
-                                            "(default runs/experiments/<name>); a rerun resumes from it, and "
-                                            "calls on different --seeds or --folds may share it side by side"),
+    work_dir: Optional[Path] = typer.Option(
+        None,
+        "--work-dir",
+        help="finished cases, AL state and coresets "
+        "(default runs/experiments/<name>); a rerun resumes from it, and "
+        "calls on different --seeds or --folds may share it side by side",
+    ),
     threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
 ) -> None:
@@ -98,12 +121,19 @@ def tables(
 
     cv = dataset in ("us8k", "esc50", "esc10")
     overrides: dict[str, Any] = {"model": model, "threads": threads, "device": device}
-    for key, val in (("folds", _csv(folds, str, "--folds")), ("seeds", _csv(seeds, int, "--seeds")),
-                     ("strategies", _csv(strategies, str, "--strategies")),
-                     ("per_class", _csv(per_class, int, "--per-class")),
-                     ("fractions", _csv(fractions, float, "--fractions")), ("epochs", epochs),
-                     ("min_steps_per_epoch", min_steps), ("mc_passes", mc_passes),
-                     ("seed_per_class", seed_per_class), ("max_batch", max_batch), ("full_data", full_data)):
+    for key, val in (
+        ("folds", _csv(folds, str, "--folds")),
+        ("seeds", _csv(seeds, int, "--seeds")),
+        ("strategies", _csv(strategies, str, "--strategies")),
+        ("per_class", _csv(per_class, int, "--per-class")),
+        ("fractions", _csv(fractions, float, "--fractions")),
+        ("epochs", epochs),
+        ("min_steps_per_epoch", min_steps),
+        ("mc_passes", mc_passes),
+        ("seed_per_class", seed_per_class),
+        ("max_batch", max_batch),
+        ("full_data", full_data),
+    ):
         if val is not None:
             overrides[key] = val
     if coresets:
@@ -143,10 +173,14 @@ def tables(
     paths = write_report(report, out, name)
     for row in report["summary"]:
         a = row["accuracy"]
-        console().print(f"{row['method']:>17} {row['point']:>8}: {row['labelled']:6.0f} samples "
-                      f"({row['percent']:5.2f} %)  {a['mean']:6.2f} ± {a['std']:5.2f} % (n={a['n']})",
-                      highlight=False)
-    console().print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}; this call took "
-                  f"{report['wall_seconds'] / 60:.1f} min, all calls on {work} "
-                  f"{report['wall_seconds_all_calls'] / 60:.1f} min",
-                  highlight=False)
+        console().print(
+            f"{row['method']:>17} {row['point']:>8}: {row['labelled']:6.0f} samples "
+            f"({row['percent']:5.2f} %)  {a['mean']:6.2f} ± {a['std']:5.2f} % (n={a['n']})",
+            highlight=False,
+        )
+    console().print(
+        f"wrote {paths['md']}, {paths['json']}, {paths['png']}; this call took "
+        f"{report['wall_seconds'] / 60:.1f} min, all calls on {work} "
+        f"{report['wall_seconds_all_calls'] / 60:.1f} min",
+        highlight=False,
+    )

@@ -49,9 +49,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def listen_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="edgekws listen", description="Live keyword spotting from the microphone, a WAV file (--wav) "
-                "or stdin, through edgekws.device.Spotter: the bundle's recommended graph, the newest local "
-                "fine-tuned version, and a bundle link such as <root>/current followed when an update switches it.")
+    p = _Parser(
+        prog="edgekws listen",
+        description="Live keyword spotting from the microphone, a WAV file (--wav) "
+        "or stdin, through edgekws.device.Spotter: the bundle's recommended graph, the newest local "
+        "fine-tuned version, and a bundle link such as <root>/current followed when an update switches it.",
+    )
     a = p.add_argument
     a("--bundle", "-b", type=Path, required=True, help="bundle directory (or a link to one, e.g. <root>/current)")
     a("--wav", type=Path, help="read this audio file (in blocks) instead of the microphone")
@@ -60,20 +63,32 @@ def listen_parser() -> argparse.ArgumentParser:
     a("--rate", type=_unit(1, kind=int), help="capture rate in Hz (resampled to the model's)")
     a("--realtime", dest="realtime", action="store_true", default=False, help="--wav: pace the file in real time")
     a("--fast", dest="realtime", action="store_false", help="--wav: as fast as possible (default)")
-    a("--json", dest="as_json", action="store_true", help="print detections as JSON lines on stdout (and a line "
-      'with "event": "overflow" when microphone audio was lost)')
+    a(
+        "--json",
+        dest="as_json",
+        action="store_true",
+        help="print detections as JSON lines on stdout (and a line "
+        'with "event": "overflow" when microphone audio was lost)',
+    )
     a("--format", dest="fmt", help="onnx or tflite (default: the bundle's recommendation)")
     a("--precision", help="fp32 or int8 (default: as recommended)")
     a("--threads", type=_unit(1, kind=int), default=1)
-    a("--threshold", type=_unit(0.0, 1.0), help="default posterior threshold (default: the one the bundle ships, "
-      "else 0.6)")
+    a(
+        "--threshold",
+        type=_unit(0.0, 1.0),
+        help="default posterior threshold (default: the one the bundle ships, else 0.6)",
+    )
     a("--thresholds", help="per keyword, e.g. 'yes=0.7,stop=0.5'")
     a("--hop-ms", type=float, default=100.0, help="inference every this many ms")
     a("--smooth", type=_unit(1, kind=int), default=5, help="average posteriors over this many hops")
     a("--refractory", type=_unit(0.0), default=1.0, help="seconds without a second detection")
     a("--gate-db", type=_unit(0.0), default=10.0, help="fire only this far above the noise floor")
-    a("--calibrate", action=argparse.BooleanOptionalAction, default=True,
-      help="use the softmax temperature the bundle ships (else fit one on its coreset)")
+    a(
+        "--calibrate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="use the softmax temperature the bundle ships (else fit one on its coreset)",
+    )
     a("--seconds", type=float, help="stop after this much audio")
     a("--state", type=Path, help="device state directory (local model versions)")
     a("--local", dest="local", action="store_true", default=True, help="use the newest locally fine-tuned version")
@@ -92,8 +107,13 @@ def listen_main(argv: list[str]) -> None:
     from edgekws.device.stream import AudioSourceError, open_source
 
     try:
-        dcfg = DetectorConfig(hop_ms=args.hop_ms, smooth=args.smooth, thresholds=_thresholds(args.thresholds),
-                              refractory_s=args.refractory, gate_db=args.gate_db)
+        dcfg = DetectorConfig(
+            hop_ms=args.hop_ms,
+            smooth=args.smooth,
+            thresholds=_thresholds(args.thresholds),
+            refractory_s=args.refractory,
+            gate_db=args.gate_db,
+        )
     except ValueError as exc:
         _fail(str(exc))
     notes: list[str] = []
@@ -108,17 +128,34 @@ def listen_main(argv: list[str]) -> None:
         console().print(f"[cyan]{notes[-1]}[/]")
 
     try:
-        spotter = Spotter.open(args.bundle, public_key=args.public_key, trust_embedded_key=args.embedded_key,
-                               state=args.state, local=args.local, fmt=args.fmt, precision=args.precision,
-                               threads=args.threads, config=dcfg, threshold=args.threshold, calibrate=args.calibrate,
-                               on_event=on_event)
+        spotter = Spotter.open(
+            args.bundle,
+            public_key=args.public_key,
+            trust_embedded_key=args.embedded_key,
+            state=args.state,
+            local=args.local,
+            fmt=args.fmt,
+            precision=args.precision,
+            threads=args.threads,
+            config=dcfg,
+            threshold=args.threshold,
+            calibrate=args.calibrate,
+            on_event=on_event,
+        )
     except (DeviceModelError, ValueError) as exc:
         _fail(str(exc).replace("thresholds name", "--thresholds names"))
     sr = spotter.sample_rate
     dev: int | str | None = int(args.device) if args.device is not None and args.device.isdigit() else args.device
     try:
-        src = open_source(wav=args.wav, stdin=args.stdin, device=dev, input_rate=args.rate, realtime=args.realtime,
-                          sample_rate=sr, max_seconds=args.seconds)
+        src = open_source(
+            wav=args.wav,
+            stdin=args.stdin,
+            device=dev,
+            input_rate=args.rate,
+            realtime=args.realtime,
+            sample_rate=sr,
+            max_seconds=args.seconds,
+        )
     except (AudioSourceError, ValueError) as exc:
         _fail(str(exc))
     seen = {"samples": 0, "overflows": 0}
@@ -137,10 +174,9 @@ def listen_main(argv: list[str]) -> None:
                     _overflow(src, seen["samples"] / sr, args.as_json)
 
     try:
-        if args.as_json:
+        if args.as_json:  # nothing is kept: memory stays what the detector needs, however long the input
             for upd in hops():
                 if upd.detection is not None:
-                    detections.append(upd.detection)
                     stdout_line(json.dumps(upd.detection.to_dict()))
         else:
             _live_view(hops(), lambda: spotter.classes, detections, src, notes)
@@ -150,8 +186,10 @@ def listen_main(argv: list[str]) -> None:
         pass
     if not args.as_json:
         lost = f"; microphone audio lost {src.overflows} time(s)" if src.overflows else ""
-        console().print(f"\n{len(detections)} detection(s) in {seen['samples'] / sr:.1f} s of audio (threshold "
-                        f"{spotter.config.threshold:g}, {_THRESHOLD_FROM[spotter.threshold_source]}){lost}")
+        console().print(
+            f"\n{len(detections)} detection(s) in {seen['samples'] / sr:.1f} s of audio (threshold "
+            f"{spotter.config.threshold:g}, {_THRESHOLD_FROM[spotter.threshold_source]}){lost}"
+        )
 
 
 _THRESHOLD_FROM = {"given": "--threshold", "bundle": "the bundle's", "config": "default"}
@@ -160,8 +198,9 @@ _THRESHOLD_FROM = {"given": "--threshold", "bundle": "the bundle's", "config": "
 def _overflow(src: Any, t: float, as_json: bool) -> None:
     dropped = round(float(getattr(src, "dropped_seconds", 0.0)), 3)
     if as_json:
-        stdout_line(json.dumps({"event": "overflow", "time": round(t, 3), "overflows": src.overflows,
-                                "dropped_s": dropped}))
+        stdout_line(
+            json.dumps({"event": "overflow", "time": round(t, 3), "overflows": src.overflows, "dropped_s": dropped})
+        )
 
 
 def _live_view(updates, classes, detections: list, src: Any, notes: list[str]) -> None:
@@ -182,8 +221,13 @@ def _live_view(updates, classes, detections: list, src: Any, notes: list[str]) -
         head = Text(f"{name}  t={upd.time:7.2f}s  level {upd.level_db:6.1f} dB  {_meter(upd.level_db)}")
         parts = [head]
         if src.overflows:
-            parts.append(Text(f"audio lost {src.overflows} time(s) ({getattr(src, 'dropped_seconds', 0.0):.2f} s "
-                              "known): the device did not keep up", style="bold yellow"))
+            parts.append(
+                Text(
+                    f"audio lost {src.overflows} time(s) ({getattr(src, 'dropped_seconds', 0.0):.2f} s "
+                    "known): the device did not keep up",
+                    style="bold yellow",
+                )
+            )
         parts += [Text("top scores", style="bold"), top, Text("detections", style="bold"), recent]
         if notes:
             parts.append(Text(notes[-1], style="cyan"))

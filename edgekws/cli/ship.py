@@ -21,11 +21,11 @@ server_app = typer.Typer(no_args_is_help=True, help="Server side: the bundle reg
 _KEY_HELP = "pinned signer public key (PEM file or key folder); default $EDGEKWS_HOME/keys/signing.pub"
 _ROOT_HELP = "install root (versions/, current, previous); default $EDGEKWS_DEVICE_HOME/bundles"
 _STATE_HELP = "device state root (local fine-tuned heads); default $EDGEKWS_DEVICE_HOME"
-_POINTER_KEY_HELP = ("signing key (the bundles' private key, PEM): release with a signed channel pointer, which devices "
-                     "check for rollback, replay and expiry")
+_POINTER_KEY_HELP = (
+    "signing key (the bundles' private key, PEM): release with a signed channel pointer, which devices "
+    "check for rollback, replay and expiry"
+)
 _VALID_DAYS_HELP = "days the signed pointer stays valid; re-issue it (promote the same id again) before then"
-
-
 
 
 def register(app: typer.Typer) -> None:
@@ -47,19 +47,30 @@ def serve_cmd(
     root: Path = typer.Option(Path("registry"), "--root", help="storage folder (bundles, SQLite index)"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
     port: int = typer.Option(8710, "--port", min=0, max=65535, help="port (0: any free port)"),
-    token_file: Optional[Path] = typer.Option(None, "--token-file", help="publish token file (default: "
-                                              "$EDGEKWS_REGISTRY_TOKEN, else $EDGEKWS_HOME/registry.token, "
-                                              "created on first use)"),
-    trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key", help="public key(s) uploads must be "
-                                                     "signed by; default $EDGEKWS_HOME/keys/signing.pub"),
+    token_file: Optional[Path] = typer.Option(
+        None,
+        "--token-file",
+        help="publish token file (default: "
+        "$EDGEKWS_REGISTRY_TOKEN, else $EDGEKWS_HOME/registry.token, "
+        "created on first use)",
+    ),
+    trusted_key: Optional[list[Path]] = typer.Option(
+        None, "--trusted-key", help="public key(s) uploads must be signed by; default $EDGEKWS_HOME/keys/signing.pub"
+    ),
     channels: str = typer.Option("stable,beta", "--channels", help="comma-separated channel names"),
     max_mb: float = typer.Option(128.0, "--max-mb", min=0.01, help="largest accepted bundle archive, MiB"),
-    anonymous_checkins: bool = typer.Option(False, "--allow-anonymous-checkins",
-                                            help="accept check-ins from devices that were not enrolled (anyone who "
-                                                 "reaches the server can then report any unenrolled device)"),
+    anonymous_checkins: bool = typer.Option(
+        False,
+        "--allow-anonymous-checkins",
+        help="accept check-ins from devices that were not enrolled (anyone who "
+        "reaches the server can then report any unenrolled device)",
+    ),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level (info logs every request)"),
-    tls: bool = typer.Option(False, "--tls", help="HTTPS with a self-signed certificate made on first run (a phone "
-                             "needs HTTPS for the microphone on /demo)"),
+    tls: bool = typer.Option(
+        False,
+        "--tls",
+        help="HTTPS with a self-signed certificate made on first run (a phone needs HTTPS for the microphone on /demo)",
+    ),
     tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="certificate chain (PEM) to serve HTTPS with"),
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="its private key (PEM)"),
 ) -> None:
@@ -74,9 +85,14 @@ def serve_cmd(
             _fail(f"trusted key {k} not found; pass --trusted-key or create one with `edgekws bundle keygen`")
     try:
         token, source = resolve_server_token(token_file)
-        cfg = RegistryConfig(root=root, tokens=(token,), trusted_keys=tuple(keys),
-                             channels=tuple(c.strip() for c in channels.split(",") if c.strip()),
-                             max_bundle_bytes=int(max_mb * (1 << 20)), anonymous_checkins=anonymous_checkins)
+        cfg = RegistryConfig(
+            root=root,
+            tokens=(token,),
+            trusted_keys=tuple(keys),
+            channels=tuple(c.strip() for c in channels.split(",") if c.strip()),
+            max_bundle_bytes=int(max_mb * (1 << 20)),
+            anonymous_checkins=anonymous_checkins,
+        )
     except (OSError, ValueError) as exc:
         _fail(str(exc))
 
@@ -91,8 +107,10 @@ def serve_cmd(
         cfg = dataclasses.replace(cfg, demo=DemoConfig(ca_cert=tls_files.ca))
 
     def ready(url: str) -> None:
-        console().print(f"bundle registry on {url}  (root {root}, publish token from {source}; Ctrl-C stops); "
-                      f"try a release in a browser: {url}/demo/<target>?channel=stable")
+        console().print(
+            f"bundle registry on {url}  (root {root}, publish token from {source}; Ctrl-C stops); "
+            f"try a release in a browser: {url}/demo/<target>?channel=stable"
+        )
         if tls_files is not None:
             print_tls_help(tls_files, "/demo/<target>", int(url.rsplit(":", 1)[1]), host)
         sys.stdout.write(f"{url}\n")
@@ -110,8 +128,9 @@ def promote_cmd(
     server: str = typer.Option(..., "--server", help="registry URL"),
     target: str = typer.Option("rpi", "--target"),
     channel: str = typer.Option("stable", "--channel"),
-    token: Optional[str] = typer.Option(None, "--token", envvar="EDGEKWS_REGISTRY_TOKEN",
-                                        help="publish token (default $EDGEKWS_HOME/registry.token)"),
+    token: Optional[str] = typer.Option(
+        None, "--token", envvar="EDGEKWS_REGISTRY_TOKEN", help="publish token (default $EDGEKWS_HOME/registry.token)"
+    ),
     key: Optional[Path] = typer.Option(None, "--key", help=_POINTER_KEY_HELP),
     valid_days: float = typer.Option(30.0, "--valid-days", min=0.001, max=3660, help=_VALID_DAYS_HELP),
 ) -> None:
@@ -132,8 +151,9 @@ def promote_cmd(
 def enrol_cmd(
     device_id: str = typer.Argument(..., help="the device's name in check-ins (its --device-id)"),
     server: str = typer.Option(..., "--server", help="registry URL"),
-    token: Optional[str] = typer.Option(None, "--token", envvar="EDGEKWS_REGISTRY_TOKEN",
-                                        help="publish token (default $EDGEKWS_HOME/registry.token)"),
+    token: Optional[str] = typer.Option(
+        None, "--token", envvar="EDGEKWS_REGISTRY_TOKEN", help="publish token (default $EDGEKWS_HOME/registry.token)"
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Give a device its own check-in token (shown once; enrolling again replaces it)."""
@@ -147,15 +167,18 @@ def enrol_cmd(
         sys.stdout.write(json.dumps(info) + "\n")
         return
     sys.stdout.write(info["token"] + "\n")
-    console().print(f"enrolled {device_id}: on the device, write the token above to <root>/device_token (mode 600) "
-                  f"or pass it with --device-token-file, and update with --device-id {device_id}")
+    console().print(
+        f"enrolled {device_id}: on the device, write the token above to <root>/device_token (mode 600) "
+        f"or pass it with --device-token-file, and update with --device-id {device_id}"
+    )
 
 
 @server_app.command("devices")
 def devices_cmd(
     server: str = typer.Option(..., "--server", help="registry URL"),
-    token: Optional[str] = typer.Option(None, "--token", envvar="EDGEKWS_REGISTRY_TOKEN",
-                                        help="publish token (default $EDGEKWS_HOME/registry.token)"),
+    token: Optional[str] = typer.Option(
+        None, "--token", envvar="EDGEKWS_REGISTRY_TOKEN", help="publish token (default $EDGEKWS_HOME/registry.token)"
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Which device runs which bundle: the last check-in of every device."""
@@ -169,14 +192,23 @@ def devices_cmd(
         sys.stdout.write(json.dumps(devs) + "\n")
         return
     for d in devs:
-        sys.stdout.write(f"{d['device_id']:24s} {d['target']}/{d['channel']:8s} {d['bundle'] or '-':16s} "
-                         f"{d['status']:12s} {d['at']}  {d['detail']}\n")
+        sys.stdout.write(
+            f"{d['device_id']:24s} {d['target']}/{d['channel']:8s} {d['bundle'] or '-':16s} "
+            f"{d['status']:12s} {d['at']}  {d['detail']}\n"
+        )
     if not devs:
         sys.stdout.write("no device has checked in\n")
 
 
-def publish_bundle(bundle: Path, server: str, channel: str = "stable", token: Optional[str] = None,
-                   target: Optional[str] = None, key: Optional[Path] = None, valid_days: float = 30.0) -> dict:
+def publish_bundle(
+    bundle: Path,
+    server: str,
+    channel: str = "stable",
+    token: Optional[str] = None,
+    target: Optional[str] = None,
+    key: Optional[Path] = None,
+    valid_days: float = 30.0,
+) -> dict:
     """Publish and print one line; exits with a clear message on refusal (shared by ``deploy`` and ``distill``)."""
     from edgekws.bundle import BundleError
     from edgekws.server.registry import RegistryError, publish
@@ -186,8 +218,10 @@ def publish_bundle(bundle: Path, server: str, channel: str = "stable", token: Op
     except (RegistryError, BundleError, FileNotFoundError, ValueError, TypeError) as exc:
         _fail(str(exc))
     verb = "published" if info.get("created") else "already stored; released"
-    console().print(f"{verb} bundle {info['id']} (target {info['target']}, {info['size'] / 1024:.1f} KB, sha256 "
-                  f"{info['sha256'][:16]}…) on {server} channel {channel}")
+    console().print(
+        f"{verb} bundle {info['id']} (target {info['target']}, {info['size'] / 1024:.1f} KB, sha256 "
+        f"{info['sha256'][:16]}…) on {server} channel {channel}"
+    )
     return info
 
 
@@ -195,8 +229,9 @@ def deploy(
     bundle: Path = typer.Option(..., "--bundle", "-b", help="bundle folder or .tar"),
     server: str = typer.Option(..., "--server", help="registry URL, e.g. http://127.0.0.1:8710"),
     channel: str = typer.Option("stable", "--channel", help="release channel (stable, beta, …)"),
-    token: Optional[str] = typer.Option(None, "--token", envvar="EDGEKWS_REGISTRY_TOKEN",
-                                        help="publish token (default $EDGEKWS_HOME/registry.token)"),
+    token: Optional[str] = typer.Option(
+        None, "--token", envvar="EDGEKWS_REGISTRY_TOKEN", help="publish token (default $EDGEKWS_HOME/registry.token)"
+    ),
     target: Optional[str] = typer.Option(None, "--target", help="refuse unless the bundle is for this target"),
     key: Optional[Path] = typer.Option(None, "--key", help=_POINTER_KEY_HELP),
     valid_days: float = typer.Option(30.0, "--valid-days", min=0.001, max=3660, help=_VALID_DAYS_HELP),
@@ -243,17 +278,25 @@ def device_update(
     public_key: Optional[Path] = typer.Option(None, "--public-key", help=_KEY_HELP),
     state: Optional[Path] = typer.Option(None, "--state", help=_STATE_HELP),
     device_id: Optional[str] = typer.Option(None, "--device-id", help="name in check-ins (default: made once)"),
-    fmt: Optional[str] = typer.Option(None, "--format", help="graph the smoke test runs, onnx or tflite (default: "
-                                      "the bundle's recommendation, as listen runs it)"),
+    fmt: Optional[str] = typer.Option(
+        None,
+        "--format",
+        help="graph the smoke test runs, onnx or tflite (default: the bundle's recommendation, as listen runs it)",
+    ),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 or int8 (default: as recommended)"),
     no_checkin: bool = typer.Option(False, "--no-checkin", help="do not report to the registry"),
-    device_token_file: Optional[Path] = typer.Option(None, "--device-token-file",
-                                                     help="this device's check-in token (from `edgekws server "
-                                                          "enrol`); default <root>/device_token"),
+    device_token_file: Optional[Path] = typer.Option(
+        None,
+        "--device-token-file",
+        help="this device's check-in token (from `edgekws server enrol`); default <root>/device_token",
+    ),
     retry: bool = typer.Option(False, "--retry", help="try again a bundle that was refused here before"),
-    allow_downgrade: bool = typer.Option(False, "--allow-downgrade",
-                                         help="install the channel's bundle even when it is older than the one in "
-                                              "use (a person's decision; otherwise refused)"),
+    allow_downgrade: bool = typer.Option(
+        False,
+        "--allow-downgrade",
+        help="install the channel's bundle even when it is older than the one in "
+        "use (a person's decision; otherwise refused)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Install the newest bundle for this target and channel: resume, verify, smoke-test, switch atomically."""
@@ -265,10 +308,21 @@ def device_update(
             if not device_token_file.is_file():
                 raise FileNotFoundError(f"device token file not found: {device_token_file}")
             dev_token = device_token_file.read_text().strip() or None
-        cfg = UpdateConfig(server=server, target=target, channel=channel, root=root, public_key=public_key,
-                           state_root=state, device_id=device_id, fmt=fmt, precision=precision,
-                           checkin=not no_checkin, retry_refused=retry, device_token=dev_token,
-                           allow_downgrade=allow_downgrade)
+        cfg = UpdateConfig(
+            server=server,
+            target=target,
+            channel=channel,
+            root=root,
+            public_key=public_key,
+            state_root=state,
+            device_id=device_id,
+            fmt=fmt,
+            precision=precision,
+            checkin=not no_checkin,
+            retry_refused=retry,
+            device_token=dev_token,
+            allow_downgrade=allow_downgrade,
+        )
         res = update(cfg, _progress_printer(as_json))
     except (UpdateError, ValueError, FileNotFoundError, TypeError) as exc:
         _fail(f"{exc} (the installed bundle stays in use)")
@@ -279,10 +333,13 @@ def device_update(
         console().print(f"up to date: {res.bundle}")
         return
     got = f"{res.bytes_downloaded / 1024:.1f} KB downloaded" + (
-        f", resumed at byte {res.resumed_from}" if res.resumed_from else "")
-    console().print(f"installed {res.bundle} (was {res.previous or 'nothing'}); {got}; smoke test "
-                  f"{res.smoke.get('seconds', 0) * 1000:.0f} ms; local state {res.local_state}; check-in "
-                  f"{res.checkin}; {res.seconds:.2f} s")
+        f", resumed at byte {res.resumed_from}" if res.resumed_from else ""
+    )
+    console().print(
+        f"installed {res.bundle} (was {res.previous or 'nothing'}); {got}; smoke test "
+        f"{res.smoke.get('seconds', 0) * 1000:.0f} ms; local state {res.local_state}; check-in "
+        f"{res.checkin}; {res.seconds:.2f} s"
+    )
 
 
 def device_rollback(
@@ -325,7 +382,9 @@ def device_installed(
         return
     for v in st["versions"]:
         mark = "*" if v["id"] == st["current"] else ("<" if v["id"] == st["previous"] else " ")
-        sys.stdout.write(f"{mark} {v['id']}  target={v['target']}  model={v['model']}  "
-                         f"classes={len(v['classes'] or [])}  created={v['created_at']}\n")
+        sys.stdout.write(
+            f"{mark} {v['id']}  target={v['target']}  model={v['model']}  "
+            f"classes={len(v['classes'] or [])}  created={v['created_at']}\n"
+        )
     if st["partial_downloads"]:
         sys.stdout.write(f"partial downloads (resumed by the next update): {', '.join(st['partial_downloads'])}\n")
