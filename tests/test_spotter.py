@@ -44,7 +44,10 @@ def _cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
 
 
 def test_spotter_runs_the_recommended_graph_and_finds_the_words(bundle, spoken, tmp_path):
-    wav, y, spans = spoken
+    from edgekws.audio import load_audio
+
+    wav, _, spans = spoken
+    y = load_audio(wav)  # the samples listen reads from the file
     pub = bundle_public_key(bundle)
     with Spotter.open(bundle, public_key=pub, state=tmp_path / "state") as spotter:
         rec = json.loads((bundle / "manifest.json").read_text()).get("recommended") or {}
@@ -148,7 +151,10 @@ def test_collect_reads_a_file_in_blocks_and_cuts_the_clips_of_the_whole_recordin
     from edgekws.device.prototypes import VADConfig, clip_windows, collect, segment
     from edgekws.device.store import LabelStore
 
-    wav, y, spans = spoken
+    from edgekws.audio import load_audio
+
+    wav, _, spans = spoken
+    y = load_audio(wav)
     model = DeviceModel(open_bundle(bundle, bundle_public_key(bundle)), fmt="onnx", precision="fp32")
     blocks = lambda: (y[i : i + 777] for i in range(0, len(y), 777))  # noqa: E731
     with LabelStore(tmp_path / "a.sqlite") as a, LabelStore(tmp_path / "b.sqlite") as b:
