@@ -61,12 +61,15 @@ def _read_head(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return W, b
 
 
-def open_bundle(path: str | os.PathLike, public_key: Any = None, *, trust_embedded_key: bool = False) -> Bundle:
+def open_bundle(
+    path: str | os.PathLike, public_key: Any = None, *, trust_embedded_key: bool = False, isolate: bool = False
+) -> Bundle:
     """Verify and open a bundle directory (:func:`edgekws.bundle.load_bundle`: checksums and ed25519 signature).
 
     ``public_key``: the signer's pinned key (object, PEM file or key folder); ``None`` reads
     ``$EDGEKWS_HOME/keys/signing.pub``. ``trust_embedded_key`` checks integrity against the key in the manifest.
-    A ``.tar`` archive is refused with the command that installs or unpacks it.
+    A ``.tar`` archive is refused with the command that installs or unpacks it. ``isolate`` checks the signature in
+    a short-lived child process (:func:`edgekws.bundle.verify_in_child`), so this one never loads ``cryptography``.
     """
     import tarfile
 
@@ -84,7 +87,7 @@ def open_bundle(path: str | os.PathLike, public_key: Any = None, *, trust_embedd
     if not path.is_dir():
         raise DeviceModelError(f"bundle {path} does not exist or is not a directory")
     try:
-        return load_bundle(path, public_key=public_key, trust_embedded_key=trust_embedded_key)
+        return load_bundle(path, public_key=public_key, trust_embedded_key=trust_embedded_key, isolate=isolate)
     except Exception as exc:  # BundleError, a bad key file: one clear message either way
         raise DeviceModelError(f"bundle refused: {exc}") from exc
 

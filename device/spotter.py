@@ -99,6 +99,7 @@ class Spotter:
         calibrate: bool = True,
         check_every_s: float | None = 2.0,
         on_event: Callable[[SpotterEvent], None] | None = None,
+        isolate_verification: bool = False,
     ) -> Spotter:
         """Verify and open ``bundle`` (a folder, or a link to one such as ``<root>/current``).
 
@@ -118,6 +119,8 @@ class Spotter:
             graph in the state folder); False leaves the logits as they are.
         check_every_s : look for a switched bundle or a new local version after this much audio (None: never).
         on_event : called with a :data:`SpotterEvent` when the spotter switches (or refuses to).
+        isolate_verification : check the signature in a short-lived child process
+            (:func:`edgekws.bundle.verify_in_child`), so this process never loads ``cryptography`` (``listen`` does).
 
         Raises
         ------
@@ -138,6 +141,7 @@ class Spotter:
             "precision": precision,
             "threads": threads,
             "calibrate": calibrate,
+            "isolate": isolate_verification,
         }
         path = Path(bundle)
         b, model = _load(path, opened)
@@ -305,7 +309,7 @@ def _readlink(link: Path) -> str | None:
 
 
 def _load(path: Path, o: dict[str, Any]) -> tuple[Bundle, DeviceModel]:
-    b = open_bundle(path, o["public_key"], trust_embedded_key=o["trust_embedded_key"])
+    b = open_bundle(path, o["public_key"], trust_embedded_key=o["trust_embedded_key"], isolate=o["isolate"])
     state = state_dir_for(b, o["state"]) if o["local"] else None
     threads = o["threads"] if o["threads"] is not None else b.recommended["threads"]
     model = DeviceModel(

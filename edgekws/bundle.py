@@ -24,13 +24,13 @@ folder, by default ``$EDGEKWS_HOME/keys`` (``$EDGEKWS_HOME`` defaults to ``$XDG_
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import math
 import os
 import re
 import shutil
+import sys
 import tarfile
 import tempfile
 import uuid
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from edgekws.features import FeatureConfig
-from edgekws.fileio import atomic_open, atomic_write_bytes, json_default, sha256_file
+from edgekws.fileio import atomic_open, atomic_write_bytes, json_default, sha256, sha256_file
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -69,6 +69,7 @@ __all__ = [
     "read_head",
     "unpack_bundle",
     "verify_bundle",
+    "verify_in_child",
     "write_bundle",
     "write_head",
 ]
@@ -135,7 +136,7 @@ def bundle_id(manifest: bytes | str | os.PathLike) -> str:
     else:
         p = Path(manifest)
         raw = (p / MANIFEST if p.is_dir() else p).read_bytes()
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return sha256(raw).hexdigest()[:16]
 
 
 # Keys ------------------------------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ def _raw_public(public_key: Any) -> bytes:
 
 def key_id(public_key: Any) -> str:
     """sha256 hex digest of the 32 raw bytes of an ed25519 public key."""
-    return hashlib.sha256(_raw_public(public_key)).hexdigest()
+    return sha256(_raw_public(public_key)).hexdigest()
 
 
 def generate_keypair(directory: str | os.PathLike | None = None, *, overwrite: bool = False) -> tuple[Path, Path]:
@@ -263,7 +264,7 @@ def _public_key_info(public_key: Any) -> dict[str, str]:
     raw = _raw_public(public_key)
     return {
         "algorithm": "ed25519",
-        "key_id": hashlib.sha256(raw).hexdigest(),
+        "key_id": sha256(raw).hexdigest(),
         "public_key": base64.b64encode(raw).decode("ascii"),
     }
 
@@ -629,7 +630,7 @@ class _MemorySource:
         return self.members[rel]
 
     def sha256(self, rel: str) -> str:
-        return hashlib.sha256(self.members[rel]).hexdigest()
+        return sha256(self.members[rel]).hexdigest()
 
 
 def _source(path: str | os.PathLike) -> Any:
@@ -909,13 +910,87 @@ class Bundle:
         return out
 
 
-def load_bundle(path: str | os.PathLike, public_key: Any = None, *, trust_embedded_key: bool = False) -> Bundle:
-    """Verify (see :func:`verify_bundle`) and open a bundle directory. A ``.tar`` must be unpacked first
-    (:func:`unpack_bundle`)."""
+def verify_in_child(
+    path: str | os.PathLike, public_key: Any = None, *, trust_embedded_key: bool = False, timeout: float = 120.0
+) -> Manifest:
+    """:func:`verify_bundle` in a short-lived child process, so that this process never loads the signature
+    library (``cryptography``: about 8 MB resident for good, in a process that listens for weeks).
+
+    The child checks the signature and every file's sha256 and answers with the id of the manifest it verified;
+    the manifest read here must have that id, or the bundle changed meanwhile and is refused. ``public_key`` as
+    for :func:`verify_bundle`; a key object (``cryptography`` is loaded already) is checked in this process.
+    Raises :class:`BundleError` with the child's reason."""
+    import subprocess
+
+    if trust_embedded_key:
+        key_arg = "embedded"
+    elif public_key is None:
+        key_arg = "default"
+    elif isinstance(public_key, (str, os.PathLike)):
+        key_arg = "path:" + os.fspath(public_key)
+    elif isinstance(public_key, (bytes, bytearray)):
+        key_arg = "b64:" + base64.b64encode(bytes(public_key)).decode()
+    else:
+        return verify_bundle(path, public_key, trust_embedded_key=trust_embedded_key)
+    p = Path(path)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgekws.bundle", "verify", os.fspath(p.resolve()), key_arg],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise BundleError(f"{p}: verification did not finish within {timeout:.0f} s") from None
+    try:
+        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise BundleError(f"{p}: verification failed: {why}") from None
+    if "error" in answer:
+        raise BundleError(answer["error"])
+    raw = (p / MANIFEST).read_bytes()
+    if bundle_id(raw) != answer["id"]:
+        raise BundleError(f"{p}: manifest.json changed while the bundle was verified; open it again")
+    return Manifest(
+        data=json.loads(raw.decode("utf-8")),
+        source=str(p),
+        key_id=str(answer["key_id"]),
+        trusted=bool(answer["trusted"]),
+        id=str(answer["id"]),
+    )
+
+
+def _verify_main(argv: list[str]) -> int:
+    """``python -m edgekws.bundle verify PATH KEY``: the child of :func:`verify_in_child` (one JSON line)."""
+    if len(argv) != 3 or argv[0] != "verify":
+        sys.stderr.write("usage: python -m edgekws.bundle verify BUNDLE embedded|default|path:P|b64:B\n")
+        return 2
+    _, path, key = argv
+    try:
+        source: Any = (
+            None
+            if key in ("embedded", "default")
+            else (base64.b64decode(key[4:]) if key.startswith("b64:") else key[5:])
+        )
+        m = verify_bundle(path, source, trust_embedded_key=key == "embedded")
+        out: dict[str, Any] = {"id": m.id, "key_id": m.key_id, "trusted": m.trusted}
+    except Exception as exc:  # noqa: BLE001 - any refusal goes back as its message
+        out = {"error": str(exc) if isinstance(exc, BundleError) else f"{type(exc).__name__}: {exc}"}
+    sys.stdout.write(json.dumps(out) + "\n")
+    return 0
+
+
+def load_bundle(
+    path: str | os.PathLike, public_key: Any = None, *, trust_embedded_key: bool = False, isolate: bool = False
+) -> Bundle:
+    """Verify (see :func:`verify_bundle`; in a child process with ``isolate``, see :func:`verify_in_child`) and
+    open a bundle directory. A ``.tar`` must be unpacked first (:func:`unpack_bundle`)."""
     p = Path(path)
     if p.is_file():
         raise BundleError(f"{p} is an archive; unpack it into a folder first (unpack_bundle(tar, dest))")
-    m = verify_bundle(p, public_key, trust_embedded_key=trust_embedded_key)
+    verify = verify_in_child if isolate else verify_bundle
+    m = verify(p, public_key, trust_embedded_key=trust_embedded_key)
     return Bundle(
         path=p,
         manifest=m.data,
@@ -941,3 +1016,7 @@ def describe(manifest: Manifest, on_line: Callable[[str], None]) -> None:
             on_line(f"  {kind:10s} {key:12s} {rel:22s} {d['files'][rel]['size'] / 1024:9.1f} KB")
     signer = "trusted key" if manifest.trusted else "embedded key only (authenticity NOT checked)"
     on_line(f"signature ok: ed25519, key {manifest.key_id[:16]}… ({signer}); {len(d['files'])} files hashed")
+
+
+if __name__ == "__main__":
+    sys.exit(_verify_main(sys.argv[1:]))

@@ -7,7 +7,6 @@ never a torn one. On any error the temporary file is removed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -17,7 +16,7 @@ from typing import IO, Any, Iterator
 
 import numpy as np
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "fsync_dir", "json_default", "sha256_file"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "fsync_dir", "json_default", "sha256", "sha256_file"]
 
 
 @contextmanager
@@ -77,9 +76,25 @@ def fsync_dir(d: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def sha256(data: bytes = b"") -> Any:
+    """A sha256 hash object (``update``, ``hexdigest``) started with ``data``.
+
+    The interpreter's built-in implementation when it has one: :mod:`hashlib` loads OpenSSL's libcrypto for it,
+    about 4 MB resident, which a device that checks a bundle's files and then listens for weeks does not need (the
+    signature check brings its own copy of OpenSSL)."""
+    try:
+        from _sha2 import sha256 as impl  # type: ignore[import-not-found]  # Python >= 3.12
+    except ImportError:
+        try:
+            from _sha256 import sha256 as impl  # type: ignore[import-not-found,no-redef]  # Python <= 3.11
+        except ImportError:
+            from hashlib import sha256 as impl  # type: ignore[assignment]
+    return impl(data)
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
+    h = sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)

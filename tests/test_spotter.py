@@ -226,7 +226,8 @@ def test_listen_path_imports_only_what_it_needs(bundle, spoken):
     wav, _, _ = spoken
     code = (
         "import sys\nfrom edgekws.cli import main\nmain(sys.argv[1:])\n"
-        "print(sorted(m for m in ('typer', 'click', 'pydantic', 'rich', 'torch', 'ai_edge_litert') "
+        "print(sorted(m for m in ('typer', 'click', 'pydantic', 'rich', 'torch', 'ai_edge_litert', 'cryptography', "
+        "'_hashlib') "
         "if m in sys.modules), file=sys.stderr)"
     )
     res = subprocess.run(
@@ -252,6 +253,26 @@ def test_listen_path_imports_only_what_it_needs(bundle, spoken):
     )
     assert res.returncode == 0, res.stderr
     assert res.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_verification_in_a_child_process_refuses_what_verify_bundle_refuses(bundle, tmp_path):
+    import shutil
+
+    from edgekws.bundle import BundleError, verify_bundle, verify_in_child
+
+    pub = bundle_public_key(bundle)
+    assert verify_in_child(bundle, pub).id == verify_bundle(bundle, pub).id
+    assert verify_in_child(bundle, trust_embedded_key=True).trusted is False
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    graph = copy / "model.onnx"
+    data = bytearray(graph.read_bytes())
+    data[100] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="model.onnx is damaged or was modified"):
+        verify_in_child(copy, pub)
+    with pytest.raises(BundleError, match="public key not found"):
+        verify_in_child(bundle, tmp_path / "missing.pub")
 
 
 def test_update_smoke_test_runs_the_recommended_graph_through_a_spotter(bundle):

@@ -140,6 +140,7 @@ def listen_main(argv: list[str]) -> None:
             config=dcfg,
             threshold=args.threshold,
             calibrate=args.calibrate,
+            isolate_verification=True,  # the long-running listener never loads the signature library
             on_event=on_event,
         )
     except (DeviceModelError, ValueError) as exc:
