@@ -575,6 +575,8 @@ def make_keyword_wav(
 
 
 def bench_stream(plan: BenchPlan, progress: Progress | None = None) -> dict[str, Any]:
+    from edgekws.bundle import load_bundle
+
     bundle = Path(plan.stream_bundle)  # type: ignore[arg-type]
     plan.work_dir.mkdir(parents=True, exist_ok=True)
     wav = plan.work_dir / f"keywords_{int(plan.stream_seconds)}s.wav"
@@ -615,7 +617,7 @@ def bench_stream(plan: BenchPlan, progress: Progress | None = None) -> dict[str,
                 str(state),
                 *key_args,
             ]
-            if json.loads((bundle / "manifest.json").read_text()).get("coreset"):
+            if load_bundle(bundle, trust_embedded_key=True).coreset_path is not None:
                 _run_cli(args, plan)  # fits and caches the softmax temperature, as a device does once per bundle
             cli = _run_cli(args, plan)
             if "error" not in cli:

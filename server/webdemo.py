@@ -378,16 +378,13 @@ class _Planner:
         from edgekws.device.model import DeviceModel, DeviceModelError
 
         info = self.source.opened(bundle_id)
-        rec = info.manifest.get("recommended") or {}
-        # what `edgekws listen --format onnx` runs (the page has no TFLite runtime)
-        precision = str(rec.get("precision", "fp32")) if rec.get("format", "onnx") == "onnx" else "fp32"
-        try:
-            model = DeviceModel(info, fmt="onnx", precision=precision, threads=1, calibrate=True)
+        try:  # what `edgekws listen --format onnx` runs (the page has no TFLite runtime)
+            model = DeviceModel(info, fmt="onnx", threads=1, calibrate=True)
         except DeviceModelError as exc:
             raise DemoError(f"bundle {bundle_id}: {exc}", 409) from None
-        classifier = info.manifest["graphs"]["classifier"][f"onnx_{precision}"]
-        return {"classifier": classifier, "precision": precision, "temperature": float(model.temperature),
-                "threads": int(rec.get("threads", 1) or 1)}
+        classifier = info.graph_path("classifier", "onnx", model.precision).name
+        return {"classifier": classifier, "precision": model.precision, "temperature": float(model.temperature),
+                "threads": info.recommended["threads"]}
 
     def plan(self, ref: BundleRef) -> dict[str, Any]:
         mp = self.model_plan(ref.id)
