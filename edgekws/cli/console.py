@@ -96,20 +96,22 @@ _NOISY = (
 )
 
 
-_QUIET = {"on": False}
+_QUIET: dict[str, Any] = {"on": False, "saved": {}}
 
 
 def silence_loggers() -> None:
-    """Raise every logger of the packages in ``_NOISY`` (and their children that exist now) to ERROR. Called when
-    the quiet block starts and again at each progress event, because a package imported meanwhile (torch) sets its
-    own levels when it loads."""
+    """Raise every logger of the packages in ``_NOISY_ROOTS`` that exists now to ERROR (their levels before are
+    restored when the quiet block ends). Called when the block starts and again at each progress event, because a
+    package imported meanwhile (torch) sets its own levels when it loads."""
     if not _QUIET["on"]:
         return
-    for name in list(logging.root.manager.loggerDict):
-        if name.split(".", 1)[0] in _NOISY_ROOTS and logging.getLogger(name).level < logging.ERROR:
-            logging.getLogger(name).setLevel(logging.ERROR)
-    for name in _NOISY:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    saved: dict[str, int] = _QUIET["saved"]
+    for name in [*list(logging.root.manager.loggerDict), *_NOISY]:
+        if name.split(".", 1)[0] in _NOISY_ROOTS:
+            logger = logging.getLogger(name)
+            if logger.level < logging.ERROR:
+                saved.setdefault(name, logger.level)
+                logger.setLevel(logging.ERROR)
 
 
 @contextmanager
@@ -119,18 +121,17 @@ def quiet_third_party() -> Iterator[None]:
     if os.environ.get("EDGEKWS_VERBOSE") or _QUIET["on"]:
         yield
         return
-    levels = {name: logging.getLogger(name).level for name in list(logging.root.manager.loggerDict)}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore")
         warnings.filterwarnings("default", module=r"edgekws(\..*)?$")
-        _QUIET["on"] = True
+        _QUIET["on"], _QUIET["saved"] = True, {}
         silence_loggers()
         try:
             yield
         finally:
             _QUIET["on"] = False
-            for name in list(logging.root.manager.loggerDict):
-                logging.getLogger(name).setLevel(levels.get(name, logging.NOTSET))
+            for name, level in _QUIET["saved"].items():
+                logging.getLogger(name).setLevel(level)
 
 
 def _interactive() -> bool:
