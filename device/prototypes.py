@@ -463,15 +463,16 @@ def collect(
     vad: VADConfig | None = None,
     seed: int = 0,
     on_event: Callable[[dict], None] | None = None,
-    batch: int = 32,
+    batch: int = 8,
+    rows_per_call: int = 4,
 ) -> dict:
     """Segment ``audio``, save each window as a WAV, embed it, store it, and request labels for ``k`` prototypes.
 
     ``audio``: a waveform ``(n,)`` at the model's rate, the path of a sound file, or a callable returning an
     iterable of blocks. It is read twice (the VAD's noise floor, then the clips) and never held whole: memory is
-    bounded by ``batch`` clips and a few seconds of audio, whatever its length. ``model``: a
-    :class:`~edgekws.device.model.DeviceModel` (or anything with ``feature_config``, ``classes``, ``embed``,
-    ``logits`` and ``clip_inputs``). Prototypes are chosen among every clip in the store that has not been
+    bounded by ``batch`` clips (``rows_per_call`` through a graph at a time) and a few seconds of audio, whatever
+    its length. ``model``: a :class:`~edgekws.device.model.DeviceModel` (or anything with ``feature_config``,
+    ``classes``, ``embed``, ``logits`` and ``clip_inputs``). Prototypes are chosen among every clip in the store that has not been
     requested yet (earlier sessions included). Returns counts and the requested clip ids.
     """
     fc: FeatureConfig = model.feature_config
@@ -496,7 +497,9 @@ def collect(
             if hasattr(model, "clip_inputs")
             else mfcc(np.stack([c for _, _, c in todo]), fc)[:, None]
         )
-        emb, lg = model.embed(x), model.logits(x)
+        # a few rows per graph call: the runtime's working memory grows with the largest batch it saw
+        emb = np.concatenate([model.embed(x[i : i + rows_per_call]) for i in range(0, len(x), rows_per_call)])
+        lg = np.concatenate([model.logits(x[i : i + rows_per_call]) for i in range(0, len(x), rows_per_call)])
         mg = margins(lg / temperature)
         rows = []
         for i, (a, b, clip) in enumerate(todo):
