@@ -33,9 +33,10 @@ def test_a_log_gets_a_line_per_stage_and_per_tenth_of_it(capsys):
 def test_other_packages_warnings_and_log_records_stay_off_the_console(capsys):
     from edgekws.cli.console import quiet_third_party, silence_loggers
 
+    exporter = logging.getLogger("torch.onnx._internal.exporter._registration")
+    exporter.setLevel(logging.WARNING)  # torch's own level
     with quiet_third_party():
-        exporter = logging.getLogger("torch.onnx._internal.exporter._registration")
-        exporter.setLevel(logging.WARNING)  # as torch does when it is imported inside the block
+        exporter.setLevel(logging.WARNING)  # as torch does again when it is imported inside the block
         silence_loggers()  # what each progress event does
         exporter.warning("torchvision is not installed. Skipping torchvision::nms")
         warnings.warn_explicit("copyreg says something", FutureWarning, "copyreg.py", 1, module="copyreg")
@@ -43,7 +44,7 @@ def test_other_packages_warnings_and_log_records_stay_off_the_console(capsys):
             warnings.warn_explicit("ours", UserWarning, "x.py", 1, module="edgekws.server.train")
     err = capsys.readouterr().err
     assert "torchvision" not in err and "copyreg" not in err
-    assert logging.getLogger("torch.onnx._internal.exporter._registration").level == logging.WARNING  # restored
+    assert exporter.level == logging.WARNING  # torch's level is back
 
 
 def test_one_error_path_exits_2_with_the_message_on_stderr():
