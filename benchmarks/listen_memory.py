@@ -91,7 +91,7 @@ def main() -> None:
             for s in sorted(set(lengths) | set(collect_lengths))
         }
         state = args.work / f"state-{info.id}"
-        for fmt in args.formats.split(","):
+        for fmt in args.formats.split(",") if lengths else []:
             if not any(k.startswith(f"{fmt}_") for k in info.manifest["graphs"].get("classifier", {})):
                 rows.append({"bundle": str(bundle), "format": fmt, "skipped": f"the bundle has no {fmt} graph"})
                 continue
@@ -166,24 +166,35 @@ def main() -> None:
     res = {
         "machine": machine,
         "python": args.python,
+        "torch_importable": subprocess.run([args.python, "-c", "import torch"], capture_output=True).returncode == 0,
         "goals_mb": GOALS,
         "listen": rows,
         "collect": collect_rows,
         "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
     }
+    write(res, args.name)
+
+
+def render(res: dict) -> list[str]:
+    """The markdown report of a result (``--render RESULT.json`` writes it again from a saved result)."""
+    machine, rows, collect_rows = res["machine"], res["listen"], res["collect"]
     L = [
         "# Peak RSS of `edgekws listen --wav --json` and `edgekws device collect --wav` by input length",
         "",
-        f"Interpreter `{args.python}` (torch importable: "
-        f"{subprocess.run([args.python, '-c', 'import torch'], capture_output=True).returncode == 0}); "
+        f"Interpreter `{res['python']}` (torch importable: {res.get('torch_importable')}); "
         f"{machine['cpu']}, {machine['cores']} cores (shared), load average at start "
         f"{machine['load_average_start'][0]:.1f}; one thread; goals: listen <= {GOALS['tflite']:.0f} MB with "
         f"TFLite, <= {GOALS['onnx']:.0f} MB with ONNX Runtime, flat in the length; collect <= "
         f"{GOALS['collect']:.0f} MB.",
         "",
-        "| bundle (front end) | graph | audio | peak RSS MB | wall s | detections | load | modules imported |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    if res.get("note"):
+        L += [res["note"], ""]
+    if rows:
+        L += [
+            "| bundle (front end) | graph | audio | peak RSS MB | wall s | detections | load | modules imported |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
     for r in rows:
         if "skipped" in r:
             L.append(f"| {Path(r['bundle']).name} | {r['format']} | – | skipped: {r['skipped']} | | | | |")
@@ -194,19 +205,28 @@ def main() -> None:
             f"{r['imported']} |"
         )
     if collect_rows:
-        L += ["", "| collect: bundle | audio | peak RSS MB | wall s | load | summary |", "|---|---|---|---|---|---|"]
+        L += ["", "| collect: bundle | audio | peak RSS MB | wall s | load | result |", "|---|---|---|---|---|---|"]
         for r in collect_rows:
             L.append(
                 f"| {Path(r['bundle']).name} | {r['audio_s']:.0f} s | {r['peak_rss_mb']:.1f} | {r['wall_s']:.1f} | "
-                f"{r['load_average']:.1f} | {r['summary']} |"
+                f"{r['load_average']:.1f} | {r['summary'].split(' State:')[0]} |"
             )
+    return L
+
+
+def write(res: dict, name: str) -> None:
     from edgekws.fileio import atomic_write_bytes, atomic_write_json
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"{args.name}.json", res)
-    atomic_write_bytes(RESULTS / f"{args.name}.md", ("\n".join(L) + "\n").encode())
+    L = render(res)
+    atomic_write_json(RESULTS / f"{name}.json", res)
+    atomic_write_bytes(RESULTS / f"{name}.md", ("\n".join(L) + "\n").encode())
     print("\n".join(L))
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--render"]:  # write the markdown of a saved result again
+        saved = Path(sys.argv[2])
+        write(json.loads(saved.read_text()), saved.stem)
+    else:
+        main()

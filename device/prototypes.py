@@ -356,17 +356,17 @@ def _unit(e: np.ndarray) -> np.ndarray:
 
 
 def _dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Euclidean distances ``(len(a), len(b))`` as ``sqrt(|a|^2 + |b|^2 - 2ab)``, a block of rows at a time: never
-    an array of difference vectors (``a[:, None] - b[None]`` for 2,500 embeddings of 320 values is 16 GB), each
-    block's distances at most about 32 MB."""
+    """Euclidean distances ``(len(a), len(b))`` as ``sqrt(|a|^2 + |b|^2 - 2ab)``, at most a thousand rows at a
+    time: never an array of difference vectors (``a[:, None] - b[None]`` for 2,500 embeddings of 320 values is
+    16 GB), each block's distances at most about 32 MB."""
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     out = np.empty((len(a), len(b)))
-    bb = (b * b).sum(1)[None]
-    rows = max(1, (1 << 22) // max(1, len(b)))
+    bb = np.einsum("ij,ij->i", b, b)[None]
+    rows = max(1, min(1024, (1 << 22) // max(1, len(b))))
     for i in range(0, len(a), rows):
         x = a[i : i + rows]
-        d2 = (x * x).sum(1)[:, None] + bb - 2.0 * (x @ b.T)
+        d2 = np.einsum("ij,ij->i", x, x)[:, None] + bb - 2.0 * (x @ b.T)
         np.sqrt(np.maximum(d2, 0.0, out=d2), out=out[i : i + rows])
     return out
 
@@ -374,14 +374,14 @@ def _dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _kcenter(e: np.ndarray, k: int, chosen: list[int] | None = None) -> list[int]:
     chosen = list(chosen or [])
     if not chosen:
-        chosen = [int(np.argmin(np.linalg.norm(e - e.mean(0), axis=1)))]
+        chosen = [int(np.argmin(_dists(e, e.mean(0)[None])[:, 0]))]
     d = np.min(_dists(e, e[chosen]), axis=1)
     while len(chosen) < k:
         i = int(np.argmax(d))
         if d[i] <= 0:
             break
         chosen.append(i)
-        d = np.minimum(d, np.linalg.norm(e - e[i], axis=1))
+        d = np.minimum(d, _dists(e, e[i : i + 1])[:, 0])
     return chosen
 
 
@@ -532,17 +532,16 @@ def collect(
         del todo[batch:]
         flush()
         todo.extend(rest)
-    pool = [c for c in store.clips(requested=False, labeled=False) if c.embedding is not None]
+    pool_ids, E, pool_margins = store.pool()  # one array, not an object per clip
     chosen: list[int] = []
-    if pool and k > 0:
-        E = np.stack([c.embedding for c in pool if c.embedding is not None])
+    if pool_ids and k > 0:
         lg = None
         if method in ("uncertain", "hybrid"):
             # the stored margin stands in for logits: two-class logits with the same top-1/top-2 gap ordering
-            m = np.array([c.margin if c.margin is not None else 1.0 for c in pool])
+            m = np.where(np.isnan(pool_margins), 1.0, pool_margins)
             lg = np.stack([np.zeros_like(m), np.log((1 + m) / np.maximum(1 - m, 1e-6))], axis=1)
         idx = choose(E, k, method, logits=lg, seed=seed)
-        chosen = [pool[i].id for i in idx]
+        chosen = [pool_ids[i] for i in idx]
         store.request(chosen)
     return {
         "segments": len(cutter.segments),

@@ -172,6 +172,32 @@ class LabelStore:
         sql = self._SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY c.id"
         return [self._row(r) for r in self._db.execute(sql).fetchall()]
 
+    def pool(self) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """The clips that may still be asked about (not requested, not answered, with an embedding), compactly:
+        ``(ids, embeddings (N, D) float32, margins (N,) float64, NaN where unknown)``; rows are copied into one
+        array as they are read, so choosing among thousands of clips stays small."""
+        where = "WHERE c.requested = 0 AND l.labeled_at IS NULL AND c.embedding IS NOT NULL"
+        join = "FROM clips c LEFT JOIN labels l ON l.clip_id = c.id"
+        n = int(self._db.execute(f"SELECT COUNT(*) {join} {where}").fetchone()[0])
+        dims = self._db.execute(f"SELECT DISTINCT c.dim {join} {where}").fetchall()
+        if n == 0 or len(dims) != 1:
+            if len(dims) > 1:
+                raise ValueError(f"{self.path}: clips hold embeddings of different sizes {sorted(d[0] for d in dims)}")
+            return [], np.zeros((0, 0), np.float32), np.zeros(0)
+        E = np.empty((n, int(dims[0][0])), np.float32)
+        margins = np.full(n, np.nan)
+        ids: list[int] = []
+        for i, (cid, blob, margin) in enumerate(
+            self._db.execute(f"SELECT c.id, c.embedding, c.margin {join} {where} ORDER BY c.id")
+        ):
+            if i >= n:  # written meanwhile by another process: the next collect sees it
+                break
+            ids.append(int(cid))
+            E[i] = np.frombuffer(blob, dtype=np.float32)
+            if margin is not None:
+                margins[i] = float(margin)
+        return ids, E[: len(ids)], margins[: len(ids)]
+
     def clip(self, clip_id: int) -> Clip:
         r = self._db.execute(self._SELECT + " WHERE c.id = ?", (int(clip_id),)).fetchone()
         if r is None:
