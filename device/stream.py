@@ -1,4 +1,4 @@
-"""Audio sources behind one interface: microphone, WAV file, raw PCM on stdin. Torch-free.
+"""Audio sources behind one interface: microphone, sound file (read in blocks), raw PCM on stdin. Torch-free.
 
 Every source yields mono float32 blocks at ``sample_rate`` (16 kHz by default), whatever rate the hardware or file
 uses (resampled with soxr), and is a context manager::
@@ -7,7 +7,9 @@ uses (resampled with soxr), and is a context manager::
         for block in src:          # (n,) float32, about block_ms long
             ...
 
-:func:`open_source` builds the right source from command-line style arguments. A microphone that cannot be
+:func:`open_source` builds the right source from command-line style arguments; :func:`record` writes a source to a
+WAV file as it comes. No source holds more than a block: memory does not grow with the length of the audio. A
+microphone counts the audio it lost (``overflows``, ``dropped_seconds``) for the caller to report. A microphone that cannot be
 opened raises :class:`AudioSourceError` whose message names the fix (``apt-get install libportaudio2``,
 ``--device``, ``--wav``).
 """
