@@ -205,6 +205,7 @@ def test_listen_cli_live_view_and_errors(bundle, test_sentence, tmp_path):
     res = r.invoke(app, ["listen", "--bundle", str(bundle), "--public-key", str(bundle_public_key(bundle)), "--wav", str(path), "--bundle-only"])
     assert res.exit_code == 0, res.output
     assert "detections" in res.output and "level" in res.output and "4 detection(s)" in res.output
+    assert "threshold 0.6, default" in " ".join(res.output.split())  # the bundle ships no threshold
     res = r.invoke(app, ["listen", "--bundle", str(tmp_path), "--wav", str(path)])
     assert res.exit_code == 2 and "manifest.json is missing" in " ".join(res.output.split())
     res = r.invoke(app, ["listen", "--bundle", str(bundle), "--public-key", str(bundle_public_key(bundle)), "--wav", str(tmp_path / "nope.wav")])

@@ -299,6 +299,43 @@ def test_bundle_ships_the_detector_temperature_and_threshold(se_bundle, tmp_path
     assert "threshold 0.7, --threshold" in " ".join(out.output.split())
 
 
+def test_spotter_uses_the_shipped_threshold_and_temperature_unless_given(se_bundle, tmp_path):
+    import os
+
+    from device_support import keyword_bundle
+    from edgekws.device import DetectorConfig, Spotter
+
+    result, pub, _ = se_bundle
+    # as listen: the bundle's threshold and temperature by default, and where the threshold came from
+    with Spotter.open(result.bundle, public_key=pub, local=False) as s:
+        assert (s.config.threshold, s.threshold_source, s.model.temperature) == (0.05, "bundle", 0.5)
+        assert s.detector.cfg.threshold == 0.05
+    with Spotter.open(result.bundle, public_key=pub, local=False, threshold=0.7) as s:
+        assert (s.config.threshold, s.threshold_source) == (0.7, "given")
+    # a configuration's other settings stay; its threshold is for bundles that ship none
+    with Spotter.open(result.bundle, public_key=pub, local=False, config=DetectorConfig(smooth=3)) as s:
+        assert (s.config.threshold, s.config.smooth, s.threshold_source) == (0.05, 3, "bundle")
+    with Spotter.open(result.bundle, public_key=pub, local=False, calibrate=False) as s:
+        assert s.model.temperature == 1.0 and s.config.threshold == 0.05
+    with pytest.raises(ValueError, match="threshold"):
+        Spotter.open(result.bundle, public_key=pub, local=False, threshold=1.5)
+    # a bundle that ships no detector settings: the configuration's threshold; an update to one that does brings
+    # its threshold along, unless one was given
+    link = tmp_path / "current"
+    os.symlink(keyword_bundle(), link)
+    plain = Spotter.open(link, trust_embedded_key=True, local=False, check_every_s=None)
+    given = Spotter.open(link, trust_embedded_key=True, local=False, check_every_s=None, threshold=0.7)
+    assert (plain.config.threshold, plain.threshold_source) == (DetectorConfig().threshold, "config")
+    os.replace(tmp_path / "current", tmp_path / "old")
+    os.symlink(result.bundle, link)
+    assert plain.refresh() and given.refresh()
+    assert (plain.config.threshold, plain.threshold_source, plain.model.temperature) == (0.05, "bundle", 0.5)
+    assert plain.detector.cfg.threshold == 0.05
+    assert (given.config.threshold, given.threshold_source) == (0.7, "given")
+    plain.close()
+    given.close()
+
+
 def test_flattening_head_embeds_then_classifies_and_rebuilds_from_its_config():
     import torch
     from edgekws.models import create_model, model_from_config
