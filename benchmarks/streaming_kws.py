@@ -692,7 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bundle is None:
         ap.error("--bundle is required")
 
-    from edgekws.bench import describe_machine
+    from edgekws.machine import describe_machine
     from edgekws.fileio import atomic_write_bytes, atomic_write_json
 
     t_start = time.perf_counter()
