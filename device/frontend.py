@@ -192,7 +192,7 @@ class _EmbeddingStream:
 def frontend_for(bundle: Any, hop_ms: float = 100.0, threads: int = 1) -> MfccFrontEnd | EmbeddingFrontEnd:
     """The front end a bundle's manifest names (``frontend``; MFCC when absent).
 
-    ``bundle``: a :class:`~edgekws.device.model.BundleInfo` or :class:`~edgekws.bundle.Bundle`.
+    ``bundle``: a verified :class:`~edgekws.bundle.Bundle`.
     """
     fe = (bundle.manifest or {}).get("frontend")
     if not fe:

@@ -14,11 +14,11 @@
 folder when there is one, uses the softmax temperature and the detector threshold the bundle ships (a bundle
 that ships no temperature gets one fitted on its coreset, cached in the state folder; one that ships no threshold
 gets :class:`~edgekws.device.runtime.DetectorConfig`'s) and builds the streaming detector
-(:class:`~edgekws.device.runtime.Detector`) with the bundle's front end. While audio
-flows, every ``check_every_s`` seconds of it, the spotter looks for a new local version (``edgekws device
-finetune``) and, when it was opened through a symbolic link such as ``<root>/current``, for an update or rollback
-that switched the link; it switches without losing a block, and says so through ``on_event``. ``edgekws listen``,
-``device collect``, the updater's smoke test and the benchmarks all run this object.
+(:class:`~edgekws.device.runtime.Detector`) with the bundle's front end. While audio flows, every
+``check_every_s`` seconds of it, the spotter looks for a new local version (``edgekws device finetune``) and,
+when it was opened through a symbolic link such as ``<root>/current``, for an update or rollback that switched the
+link; it switches without losing a block, and says so through ``on_event``. ``edgekws listen``, ``device
+collect``, the updater's smoke test and the benchmarks all run this object.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ HTTP routes (all under ``/demo``)::
     GET /demo/sw.js                    the service worker (offline use after the first visit)
     GET /demo/ca.crt                   the certificate authority to install on a phone (self-signed TLS only)
 
-The plan's temperature is the one ``listen`` uses: :meth:`DeviceModel.fit_temperature` on the bundle's coreset,
-for the same graph (ONNX at the precision ``listen --format onnx`` picks). The server computes it once per bundle.
+The plan's temperature is the one ``listen`` uses: the bundle's shipped temperature, else
+:meth:`DeviceModel.fit_temperature` on the bundle's coreset, for the same graph (ONNX at the precision ``listen --format onnx`` picks). The server computes it once per bundle.
 Responses carry cross-origin isolation headers (so onnxruntime-web may use threads) and a content security policy.
 """
 
@@ -166,7 +166,7 @@ class BundleSource(Protocol):
 
     def read(self, bundle_id: str, name: str) -> bytes: ...
 
-    def opened(self, bundle_id: str) -> Any: ...  # a verified BundleInfo
+    def opened(self, bundle_id: str) -> Any: ...  # a verified edgekws.bundle.Bundle
 
     def listing(self) -> list[dict[str, Any]]: ...
 
